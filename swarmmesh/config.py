@@ -1,0 +1,532 @@
+"""Node configuration: one TOML file per node, loaded into frozen dataclasses.
+
+Why so strict: the nodes of a cluster must agree on the orchestrator list, the ports and the
+secret, and a typo that is silently ignored (``raft_prot = 7100``) surfaces hours later as a
+node that never joins. So every key is checked for type and range, unknown keys are errors,
+and every message names the file and the key, says what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+from swarmmesh.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+ROLES = ("orchestrator", "drone", "gateway")
+ENV_VAR = "SWARMMESH_CONFIG"
+BUILDERS = ("simulated", "emerge")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+MIN_SECRET_LENGTH = 16
+#: Secrets containing this marker are the placeholders of conf/*.toml: warn, never trust them.
+PLACEHOLDER_MARKER = "change-me"
+#: Node names become file names (logs, pid files, data dirs), so they stay in a safe alphabet.
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+_SECTIONS = ("node", "cluster", "orchestrators", "gateway", "raft", "queue", "drone")
+_PORT_KEYS = ("raft_port", "broker_port", "artifacts_port", "events_port", "binhost_port")
+
+
+@dataclass(frozen=True)
+class OrchestratorAddr:
+    """One ``[[orchestrators]]`` entry. Every node carries the whole list: drones and gateways
+    follow the leader by name, and each orchestrator finds its own ports under its name."""
+
+    name: str
+    host: str
+    raft_port: int
+    broker_port: int
+    artifacts_port: int
+    events_port: int
+    binhost_port: int
+    priority: int = 0
+
+    @property
+    def raft_address(self) -> str:
+        return f"{self.host}:{self.raft_port}"
+
+    @property
+    def broker_url(self) -> str:
+        return f"tcp://{self.host}:{self.broker_port}"
+
+    @property
+    def artifacts_url(self) -> str:
+        return f"tcp://{self.host}:{self.artifacts_port}"
+
+    @property
+    def events_url(self) -> str:
+        return f"tcp://{self.host}:{self.events_port}"
+
+    @property
+    def binhost_url(self) -> str:
+        return f"http://{self.host}:{self.binhost_port}/"
+
+
+@dataclass(frozen=True)
+class RaftTuning:
+    """``[raft]``, seconds. Defaults are well below PySyncObj's, which take seconds to notice
+    a dead leader and call a frozen leader "leader" for 30 s."""
+
+    election_min: float = 0.3
+    election_max: float = 0.6
+    append_period: float = 0.05
+    leader_fallback: float = 1.5
+    connection_retry: float = 0.5
+    connection_timeout: float = 1.0
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    """``[queue]``: how long a drone may hold a job silently, and when to stop trusting it."""
+
+    max_attempts: int = 3
+    lease_seconds: float = 5.0
+    heartbeat_seconds: float = 1.0
+    ground_after: int = 5
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    host: str = "127.0.0.1"
+    port: int = 8090
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class SimulatedBuilder:
+    """``[drone.simulated]``: stands in for emerge in tests and the demo; same protocol, real GPKG."""
+
+    min_seconds: float = 0.2
+    max_seconds: float = 1.0
+    failure_rate: float = 0.0
+    artifact_size: int = 8192
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class EmergeBuilder:
+    """``[drone.emerge]``: the prefix lets a drone build inside a Gentoo Prefix or chroot."""
+
+    command_prefix: tuple[str, ...] = ()
+    emerge: str = "emerge"
+    timeout_seconds: float = 7200.0
+    log_tail_lines: int = 40
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _cpu_count() -> int:
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class DroneConfig:
+    cores: int = field(default_factory=_cpu_count)
+    slots: int = 1
+    builder: str = "simulated"
+    work_dir: Path | None = None
+    simulated: SimulatedBuilder = field(default_factory=SimulatedBuilder)
+    emerge: EmergeBuilder = field(default_factory=EmergeBuilder)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    path: Path
+    name: str
+    role: str
+    data_dir: Path
+    secret: str
+    orchestrators: tuple[OrchestratorAddr, ...]
+    gateway: GatewayConfig
+    raft: RaftTuning
+    queue: QueuePolicy
+    drone: DroneConfig | None
+    auto_finalize: bool = False
+    keep_releases: int = 5
+    log_level: str = "INFO"
+
+    def me(self) -> OrchestratorAddr:
+        """This node's own entry: an orchestrator binds the ports listed under its name."""
+        for addr in self.orchestrators:
+            if addr.name == self.name:
+                return addr
+        raise ConfigError(
+            f"{self.path}: [node] name: {self.name!r} is not an orchestrator (role {self.role}); "
+            "only orchestrator nodes have their own [[orchestrators]] entry"
+        )
+
+    def peers(self) -> tuple[OrchestratorAddr, ...]:
+        return tuple(addr for addr in self.orchestrators if addr.name != self.name)
+
+
+# --- writing TOML values (for hints here, and for cluster.py's hand-written files) ---------
+
+
+def toml_value(value: Any) -> str:
+    """Spell a Python value as TOML, so hints show the exact text to write and generated
+    files need no TOML-writing dependency."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | os.PathLike):
+        # JSON escapes are a subset of TOML basic-string escapes; TOML also forbids a raw DEL.
+        return json.dumps(os.fspath(value), ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        items = ", ".join(f"{toml_value(str(k))} = {toml_value(v)}" for k, v in value.items())
+        return "{ " + items + " }" if items else "{}"
+    raise ConfigError(f"cannot write {type(value).__name__} {value!r} as TOML; use a string, number or bool")
+
+
+# --- reading and checking one table ------------------------------------------------------
+
+_MISSING: Any = object()
+
+_KINDS: dict[str, Callable[[Any], bool]] = {
+    "a string": lambda v: isinstance(v, str),
+    "an integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "a number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "a boolean": lambda v: isinstance(v, bool),
+    "a table": lambda v: isinstance(v, dict),
+    "an array of tables": lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v),
+    "an array of strings": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    "a table of strings": lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+}
+
+
+def _describe(value: Any) -> str:
+    for noun, kind in (("a boolean", bool), ("an integer", int), ("a float", float), ("a string", str)):
+        if isinstance(value, kind):
+            return f"{noun} ({toml_value(value)})"
+    return {list: "an array", dict: "a table"}.get(type(value), "a date/time")
+
+
+def _type_fix(key: str, kind: str, value: Any, example: str) -> str:
+    if kind == "an array of tables":
+        return f"write one [[{key}]] table (double brackets) per entry"
+    if isinstance(value, str):
+        try:
+            unquoted = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            unquoted = None
+        if unquoted is not None and _KINDS[kind](unquoted):
+            return f"write {key} = {value} without quotes"
+    return f"write it like {key} = {example}"
+
+
+class _Table:
+    """One TOML table being read. It remembers every key asked for, so whatever is left
+    over at the end — typos, mostly — is reported instead of silently ignored."""
+
+    def __init__(self, source: str, label: str, data: dict[str, Any]):
+        self.source, self.label, self.data = source, label, data
+        self.known: list[str] = []
+
+    def fail(self, key: str, problem: str, fix: str) -> NoReturn:
+        where = f"{self.label} {key}" if self.label else f"[{key}]"
+        raise ConfigError(f"{self.source}: {where}: {problem}; {fix}")
+
+    def get(self, key: str, kind: str, default: Any = _MISSING, example: Any = _MISSING) -> Any:
+        self.known.append(key)
+        shown = toml_value(default if example is _MISSING else example)
+        if key not in self.data:
+            if default is _MISSING:
+                self.missing(key, f"add {key} = {shown} under {self.label}")
+            return default
+        value = self.data[key]
+        if not _KINDS[kind](value):
+            self.fail(key, f"expected {kind}, got {_describe(value)}", _type_fix(key, kind, value, shown))
+        return value
+
+    def missing(self, key: str, fix: str) -> NoReturn:
+        """Report a missing key, pointing at a near-miss spelling if the file has one."""
+        typo = difflib.get_close_matches(key, [k for k in self.data if k not in self.known], n=1)
+        self.fail(key, "is missing" + (f" (is {typo[0]} a misspelling of it?)" if typo else ""), fix)
+
+    def table(self, key: str, required: bool = False) -> _Table:
+        """A sub-table; an absent optional one reads as empty, so its defaults apply."""
+        label = f"[{key}]" if not self.label else f"{self.label[:-1]}.{key}]"
+        if required and key not in self.data:
+            self.missing(key, f"add a {label} section (conf/*.toml has examples)")
+        return _Table(self.source, label, self.get(key, "a table", {}))
+
+    def finish(self) -> None:
+        for key in self.data:
+            if key not in self.known:
+                guess = difflib.get_close_matches(key, self.known, n=1)
+                what = "section" if not self.label else "key"
+                hint = f"did you mean {guess[0]}?" if guess else "remove it or fix its name;"
+                self.fail(key, f"unknown {what}", f"{hint} known {what}s here: {', '.join(self.known)}")
+
+    def string(self, key: str, default: Any = _MISSING, example: Any = _MISSING) -> str:
+        value = self.get(key, "a string", default, example)
+        if key in self.data and not value.strip():
+            self.fail(key, "is empty", f"set {key} to a non-empty string")
+        return value
+
+    def name(self, key: str, example: str) -> str:
+        value = self.string(key, example=example)
+        if not _NAME_RE.match(value):
+            self.fail(key, f"{toml_value(value)} is not a valid node name",
+                      "use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return value
+
+    def host(self, key: str, default: Any = _MISSING, example: Any = _MISSING) -> str:
+        value = self.string(key, default, example)
+        if any(ch.isspace() or ch in "/@" for ch in value):
+            self.fail(key, f"{toml_value(value)} is not a host name or address",
+                      'write a bare host such as "orch-1.lan" or "127.0.0.1"')
+        return value
+
+    def choice(self, key: str, options: tuple[str, ...], default: Any = _MISSING) -> str:
+        value = self.get(key, "a string", default, options[0])
+        if value not in options:
+            guess = (difflib.get_close_matches(value, options, n=1) or [options[0]])[0]
+            self.fail(key, f"{value!r} is not one of {', '.join(options)}",
+                      f"set {key} = {toml_value(guess)}")
+        return value
+
+    def integer(self, key: str, default: Any = _MISSING, lo: int = 1, example: Any = _MISSING) -> int:
+        value = self.get(key, "an integer", default, example)
+        if value < lo:
+            self.fail(key, f"{value} is too small", f"set {key} to an integer >= {lo}")
+        return value
+
+    def port(self, key: str, default: Any = _MISSING, example: Any = _MISSING) -> int:
+        value = self.get(key, "an integer", default, example)
+        if not 1 <= value <= 65535:
+            self.fail(key, f"{value} is out of range 1-65535",
+                      f"set {key} to a free TCP port between 1 and 65535")
+        return value
+
+    def number(self, key: str, default: float, lo: float = 0.0, hi: float | None = None,
+               zero_ok: bool = False) -> float:
+        value = float(self.get(key, "a number", default))
+        low_ok = value >= lo if zero_ok else value > lo
+        if not low_ok or (hi is not None and value > hi):
+            bounds = f"{'>=' if zero_ok else '>'} {lo}" + (f" and <= {hi}" if hi is not None else "")
+            self.fail(key, f"{value} is out of range", f"set {key} to a number {bounds}")
+        return value
+
+    def path(self, key: str, base: Path, default: str) -> Path:
+        """Relative paths count from the config file's directory, not from wherever the node
+        happened to be started."""
+        value = self.string(key, default, "/var/lib/swarmmesh/node")
+        return (base / Path(value).expanduser()).absolute()
+
+
+# --- the sections --------------------------------------------------------------------------
+
+
+def _orchestrator(t: _Table, index: int) -> OrchestratorAddr:
+    name, host = t.name("name", f"orch-{index}"), t.host("host", example=f"orch-{index}.lan")
+    ports = {key: t.port(key, example=7100 + n) for n, key in enumerate(_PORT_KEYS)}
+    addr = OrchestratorAddr(name=name, host=host, priority=t.integer("priority", 0, lo=0), **ports)
+    t.finish()
+    return addr
+
+
+def _orchestrators(root: _Table) -> tuple[OrchestratorAddr, ...]:
+    entries = root.get("orchestrators", "an array of tables", [])
+    if not entries:
+        root.fail("orchestrators", "no orchestrators are listed",
+                  "add one [[orchestrators]] table per orchestrator (3 or 5 survive a failure)")
+    tables = [_Table(root.source, f"[[orchestrators]] #{i}", e) for i, e in enumerate(entries, 1)]
+    addrs = tuple(_orchestrator(t, i) for i, t in enumerate(tables, 1))
+    if len(addrs) % 2 == 0:
+        log.warning("%s: %d orchestrators: an even count tolerates no more failures than %d; "
+                    "use an odd number", root.source, len(addrs), len(addrs) - 1)
+    return addrs
+
+
+def _check_unique(source: str, addrs: tuple[OrchestratorAddr, ...], gateway: GatewayConfig) -> None:
+    names: dict[str, int] = {}
+    used = {(gateway.host, gateway.port): "[gateway] port"}
+    for i, addr in enumerate(addrs, 1):
+        t = _Table(source, f"[[orchestrators]] #{i}", {})
+        if addr.name in names:
+            t.fail("name", f"{addr.name!r} is also the name of [[orchestrators]] #{names[addr.name]}",
+                   "give every orchestrator a unique name")
+        names[addr.name] = i
+        for key in _PORT_KEYS:
+            endpoint = (addr.host, getattr(addr, key))
+            if endpoint in used:
+                t.fail(key, f"{addr.host}:{endpoint[1]} is already used by {used[endpoint]}",
+                       "give every port on one host its own number")
+            used[endpoint] = f"{t.label} {key}"
+
+
+def _raft(t: _Table) -> RaftTuning:
+    d = RaftTuning()
+    raft = RaftTuning(*(t.number(k, getattr(d, k)) for k in (
+        "election_min", "election_max", "append_period", "leader_fallback", "connection_retry",
+        "connection_timeout")))
+    t.finish()
+    if raft.election_max <= raft.election_min:
+        t.fail("election_max", f"{raft.election_max} must be greater than election_min ({raft.election_min})",
+               "raise election_max or lower election_min")
+    if raft.append_period >= raft.election_min / 3:
+        t.fail("append_period", f"{raft.append_period} must be less than election_min / 3 "
+               f"({raft.election_min / 3:.3g}), or followers start elections under a healthy leader",
+               "lower append_period or raise election_min")
+    return raft
+
+
+def _queue(t: _Table) -> QueuePolicy:
+    queue = QueuePolicy(
+        max_attempts=t.integer("max_attempts", 3), lease_seconds=t.number("lease_seconds", 5.0),
+        heartbeat_seconds=t.number("heartbeat_seconds", 1.0), ground_after=t.integer("ground_after", 5),
+    )
+    t.finish()
+    if queue.heartbeat_seconds >= queue.lease_seconds:
+        t.fail("heartbeat_seconds", f"{queue.heartbeat_seconds} must be shorter than lease_seconds "
+               f"({queue.lease_seconds}), or healthy leases expire", "lower heartbeat_seconds")
+    return queue
+
+
+def _gateway(t: _Table) -> GatewayConfig:
+    gateway = GatewayConfig(host=t.host("host", "127.0.0.1"), port=t.port("port", 8090))
+    t.finish()
+    return gateway
+
+
+def _simulated(t: _Table) -> SimulatedBuilder:
+    sim = SimulatedBuilder(
+        min_seconds=t.number("min_seconds", 0.2, zero_ok=True), max_seconds=t.number("max_seconds", 1.0),
+        failure_rate=t.number("failure_rate", 0.0, hi=1.0, zero_ok=True),
+        artifact_size=t.integer("artifact_size", 8192, lo=2048), seed=t.get("seed", "an integer", None, 42),
+    )
+    t.finish()
+    if sim.max_seconds < sim.min_seconds:
+        t.fail("max_seconds", f"{sim.max_seconds} is less than min_seconds ({sim.min_seconds})",
+               "raise max_seconds or lower min_seconds")
+    return sim
+
+
+def _emerge(t: _Table) -> EmergeBuilder:
+    emerge = EmergeBuilder(
+        command_prefix=tuple(t.get("command_prefix", "an array of strings", [], ["/opt/gentoo-prefix/run"])),
+        emerge=t.string("emerge", "emerge"), timeout_seconds=t.number("timeout_seconds", 7200.0),
+        log_tail_lines=t.integer("log_tail_lines", 40, lo=0),
+        env=dict(t.get("env", "a table of strings", {}, {"MAKEOPTS": "-j8"})),
+    )
+    t.finish()
+    return emerge
+
+
+def _drone(t: _Table, base: Path, data_dir: Path) -> DroneConfig:
+    drone = DroneConfig(
+        cores=t.integer("cores", _cpu_count()), slots=t.integer("slots", 1),
+        builder=t.choice("builder", BUILDERS, "simulated"),
+        work_dir=t.path("work_dir", base, str(data_dir / "work")),
+        simulated=_simulated(t.table("simulated")), emerge=_emerge(t.table("emerge")),
+    )
+    t.finish()
+    return drone
+
+
+def _secret(t: _Table, role: str) -> str:
+    secret = t.get("secret", "a string", "" if role != "orchestrator" else _MISSING, "<32 random characters>")
+    if (secret or role == "orchestrator") and len(secret) < MIN_SECRET_LENGTH:
+        t.fail("secret", f"is {len(secret)} characters long; at least {MIN_SECRET_LENGTH} are needed",
+               "generate one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    if PLACEHOLDER_MARKER in secret.lower():
+        log.warning("%s: [cluster] secret is the example placeholder; anyone who read the example can "
+                    "join the cluster: replace it on every node", t.source)
+    return secret
+
+
+def _node(root: _Table, base: Path) -> tuple[_Table, str, str, Path, str]:
+    node = root.table("node", required=True)
+    name, role = node.name("name", "orch-1"), node.choice("role", ROLES)
+    data_dir = node.path("data_dir", base, f"data/{name}")
+    log_level = node.string("log_level", "INFO").upper()
+    if log_level not in LOG_LEVELS:
+        node.fail("log_level", f"{log_level!r} is not one of {', '.join(LOG_LEVELS)}",
+                  'set log_level = "INFO"')
+    node.finish()
+    return node, name, role, data_dir, log_level
+
+
+def _check_role(
+    root: _Table, node: _Table, name: str, role: str, addrs: tuple[OrchestratorAddr, ...]
+) -> None:
+    names = [a.name for a in addrs]
+    if role == "orchestrator" and name not in names:
+        node.fail("name", f"{name!r} is not in the [[orchestrators]] list ({', '.join(names)})",
+                  "add an [[orchestrators]] table for this node or fix its name")
+    if role == "drone" and "drone" not in root.data:
+        root.fail("drone", "section is missing, and role is 'drone'",
+                  "add a [drone] section (cores, slots, builder)")
+    if role != "drone" and "drone" in root.data:
+        root.fail("drone", f"only drones read this section, but role is {role!r}",
+                  "remove [drone] from this file")
+
+
+def _build(source: str, file: Path, data: dict[str, Any]) -> NodeConfig:
+    root, base = _Table(source, "", data), file.parent
+    root.known.extend(_SECTIONS)
+    root.finish()  # a misspelled section name explains whatever else looks missing: report it first
+    node, name, role, data_dir, log_level = _node(root, base)
+    cluster = root.table("cluster")
+    addrs = _orchestrators(root)
+    gateway = _gateway(root.table("gateway"))
+    _check_unique(source, addrs, gateway)
+    _check_role(root, node, name, role, addrs)
+    drone = root.table("drone")
+    config = NodeConfig(
+        path=file, name=name, role=role, data_dir=data_dir, secret=_secret(cluster, role),
+        orchestrators=addrs, gateway=gateway,
+        raft=_raft(root.table("raft")), queue=_queue(root.table("queue")),
+        drone=_drone(drone, base, data_dir) if role == "drone" else None,
+        auto_finalize=cluster.get("auto_finalize", "a boolean", False),
+        keep_releases=cluster.integer("keep_releases", 5), log_level=log_level,
+    )
+    cluster.finish()
+    root.finish()
+    return config
+
+
+def _read_toml(source: str, file: Path) -> dict[str, Any]:
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"{source}: cannot read the config file ({exc.strerror or exc}); pass --config FILE "
+            f"with the path of a node config, or set {ENV_VAR}"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{source}: not UTF-8 text (bad byte at offset {exc.start}); save it as UTF-8"
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"{source}: TOML syntax error: {exc}; fix it there (conf/*.toml has examples)"
+        ) from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> NodeConfig:
+    """Load and validate one node's config; ``path=None`` reads ``$SWARMMESH_CONFIG`` so that
+    every command of a node can share one environment variable."""
+    if path is None or os.fspath(path) == "":
+        path = os.environ.get(ENV_VAR) or None
+    if path is None:
+        raise ConfigError(f"no config file given; pass --config FILE or set {ENV_VAR}=FILE")
+    source = os.fspath(path)
+    file = Path(source).expanduser().resolve()
+    return _build(source, file, _read_toml(source, file))
