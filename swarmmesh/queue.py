@@ -1,0 +1,516 @@
+"""The build queue: a pure, deterministic state machine that every orchestrator replicates.
+
+election.py forwards PySyncObj ``@replicated`` calls here, so each node applies the same
+commands in the same order and must reach the same state: no I/O, no clock (the leader passes
+``now`` and its Raft ``term``), no randomness, no iteration over sets. Expected refusals come
+back as result dicts (``{"ok": False, "code": ...}``), never as exceptions, because results
+cross threads as values. Everything is plain data so PySyncObj can pickle it into snapshots.
+
+    needed ──delegate──▶ delegated ──complete──▶ received
+      ▲                    │    │
+      └─ requeue, expire, ─┘    └─ fail (last attempt) ──▶ failed ──unblock──▶ needed
+         release_drone, fail (attempts left)
+
+Result codes: ok, duplicate (idempotent repeat, still ok), unknown, stale (older term, or the
+package belongs to another drone), not_needed, waiting (dependencies not received), grounded,
+not_delegated, refused (finalize with work pending), violation (two leaders in one term).
+
+Dependencies: a package's edges are fixed when it first enters the queue; only edges to keys
+already queued (or in the same batch) count. Edges to earlier-submitted packages always count;
+an edge to a later-submitted one is dropped if it would close a cycle (checked in submission
+order), so the dependency graph is acyclic and can never deadlock.
+
+Not thread-safe: the caller serialises commands and queries (one lock or one thread).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from itertools import islice
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+NEEDED = "needed"
+DELEGATED = "delegated"
+RECEIVED = "received"
+FAILED = "failed"
+STATES = (NEEDED, DELEGATED, RECEIVED, FAILED)
+
+
+@dataclass
+class Package:
+    key: str
+    cpv: str
+    repo: str | None
+    seq: int
+    state: str = NEEDED
+    attempts: int = 0
+    drone: str | None = None
+    term: int = 0
+    delegated_at: float | None = None
+    lease_deadline: float | None = None
+    result: dict | None = None
+    error: str | None = None
+    batches: list[str] = field(default_factory=list)
+    deps: list[str] = field(default_factory=list)
+    failed_on: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Batch:
+    id: str
+    client: str
+    keys: list[str]
+    submitted_at: float
+    new: int = 0  # packages this batch added; kept so a resubmission answers the same
+
+
+@dataclass
+class Release:
+    id: str
+    created_at: float
+    keys: list[str]
+    forced: bool
+
+
+def _ok(code: str = "ok", **extra: Any) -> dict:
+    return {"ok": True, "code": code, **extra}
+
+
+def _no(code: str, **extra: Any) -> dict:
+    return {"ok": False, "code": code, **extra}
+
+
+class BuildQueue:
+    """The queue plus indexes that keep dispatch and counting cheap at 20k packages."""
+
+    def __init__(self) -> None:
+        self._releases: dict[str, Release] = {}
+        self._terms: dict[int, str] = {}
+        self._max_term = 0
+        self.violations: list[str] = []
+        self._clear()
+
+    def _clear(self) -> None:
+        self._packages: dict[str, Package] = {}  # insertion order == seq order
+        self._batches: dict[str, Batch] = {}
+        self._batch_counts: dict[str, dict[str, int]] = {}  # batch id -> state -> packages
+        self._seq = 0
+        self._counts = dict.fromkeys(STATES, 0)
+        self._ready: list[tuple[int, str]] = []  # heap of (seq, key); stale entries pruned lazily
+        self._heaped: set[str] = set()  # keys with an entry in _ready (membership only)
+        self._unmet: dict[str, int] = {}  # key -> dependencies not yet received (only if > 0)
+        self._rdeps: dict[str, list[str]] = {}  # dependency -> dependants still waiting on it
+        self._by_drone: dict[str, dict[str, None]] = {}  # drone -> delegated keys (ordered set)
+        self._streak: dict[str, int] = {}  # drone -> consecutive failures (only if > 0)
+        self._grounded: set[str] = set()
+
+    # ----------------------------------------------------------------- commands
+
+    def submit(
+        self,
+        batch_id: str,
+        client: str,
+        items: list[tuple[str, str, str | None]],
+        deps: dict[str, list[str]] | None,
+        now: float,
+    ) -> dict:
+        """Queue a batch; a key already queued is listed in the batch but built only once."""
+        old = self._batches.get(batch_id)
+        if old is not None:
+            return _ok("duplicate", batch=batch_id, count=len(old.keys), new=old.new, duplicate=True)
+        added = [self._add(key, cpv, repo) for key, cpv, repo in items if key not in self._packages]
+        keys = list(dict.fromkeys(key for key, _, _ in items))
+        self._link(added, deps or {})
+        self._join_batch(batch_id, keys)
+        self._batches[batch_id] = Batch(batch_id, client, keys, now, new=len(added))
+        return _ok(batch=batch_id, count=len(keys), new=len(added), duplicate=False)
+
+    def delegate(self, key: str, drone: str, term: int, now: float, lease_deadline: float) -> dict:
+        """Conditional on purpose: a timed-out call may commit late, so re-check everything."""
+        if term < self._max_term:
+            return _no("stale", max_term=self._max_term)
+        self._max_term = term
+        pkg = self._packages.get(key)
+        if pkg is None:
+            return _no("unknown")
+        refusal = self._delegate_refusal(pkg, drone)
+        if refusal is not None:
+            return refusal
+        pkg.attempts += 1
+        pkg.drone, pkg.term, pkg.delegated_at, pkg.lease_deadline = drone, term, now, lease_deadline
+        self._set_state(pkg, DELEGATED)
+        self._by_drone.setdefault(drone, {})[key] = None
+        self._prune()
+        return _ok(attempts=pkg.attempts)
+
+    def _delegate_refusal(self, pkg: Package, drone: str) -> dict | None:
+        if drone in self._grounded:
+            return _no("grounded")
+        if pkg.state != NEEDED:
+            return _no("not_needed", state=pkg.state)
+        if pkg.key in self._unmet:
+            return _no("waiting", unmet=self._unmet[pkg.key])
+        return None
+
+    def renew(self, drone: str, term: int, lease_deadline: float, keys: list[str] | None = None) -> dict:
+        """Extend leases on a heartbeat; never shorten one (a late, older renewal is harmless)."""
+        if term < self._max_term:
+            return _no("stale", max_term=self._max_term)
+        self._see(term)
+        mine = self._by_drone.get(drone, {})
+        chosen = mine if keys is None else [k for k in dict.fromkeys(keys) if k in mine]
+        renewed = self._by_seq(chosen)
+        for key in renewed:
+            pkg = self._packages[key]
+            pkg.lease_deadline = max(pkg.lease_deadline or lease_deadline, lease_deadline)
+        return _ok(renewed=renewed)
+
+    def complete(self, key: str, drone: str, term: int, result: dict, now: float) -> dict:
+        """Reconcile a finished build: a valid artifact is taken unless another drone owns the job.
+
+        Accepted when delegated to this drone (any term), when needed (its lease lapsed and
+        nobody else has it) and when failed (a valid build beats a recorded failure).
+        """
+        self._see(term)
+        pkg = self._packages.get(key)
+        if pkg is None:
+            return _no("unknown")
+        if pkg.state == RECEIVED:
+            return _ok("duplicate", state=RECEIVED, duplicate=True)
+        if pkg.state == DELEGATED and pkg.drone != drone:
+            return _no("stale", drone=pkg.drone)
+        self._leave_delegation(pkg)
+        pkg.drone, pkg.result, pkg.error = drone, dict(result), None
+        self._set_state(pkg, RECEIVED)
+        self._streak.pop(drone, None)
+        self._release_dependants(key)
+        self._prune()
+        return _ok(state=RECEIVED)
+
+    def fail(  # noqa: PLR0917 -- the replicated interface is positional, fixed by election.py
+        self, key: str, drone: str, term: int, error: str, now: float, max_attempts: int, ground_after: int
+    ) -> dict:
+        """Count a failed build: retry while attempts remain, and ground a drone that keeps failing."""
+        self._see(term)
+        pkg = self._packages.get(key)
+        if pkg is None:
+            return _no("unknown")
+        if pkg.state != DELEGATED:
+            return _no("not_delegated", state=pkg.state)
+        if pkg.drone != drone:
+            return _no("stale", drone=pkg.drone)
+        self._leave_delegation(pkg)
+        pkg.error = error
+        if drone not in pkg.failed_on:
+            pkg.failed_on.append(drone)
+        self._set_state(pkg, FAILED if pkg.attempts >= max_attempts else NEEDED)
+        self._push_if_ready(pkg)
+        grounded = self._strike(drone, ground_after)
+        return _ok(state=pkg.state, attempts=pkg.attempts, grounded=grounded)
+
+    def requeue(self, keys: list[str], reason: str, now: float) -> dict:
+        """Put delegated packages back without charging an attempt: the build did not fail."""
+        requeued = [key for key in dict.fromkeys(keys) if self._requeue_one(key, reason)]
+        return _ok(requeued=requeued)
+
+    def expire(self, now: float) -> dict:
+        """Requeue every lease that ended before ``now`` (O(delegated), not O(queue))."""
+        due = [k for keys in self._by_drone.values() for k in keys if self._lease_over(k, now)]
+        return self.requeue(self._by_seq(due), "lease expired", now)
+
+    def release_drone(self, drone: str, reason: str, now: float) -> dict:
+        """Requeue everything a vanished (or rebalanced) drone holds."""
+        return self.requeue(self._by_seq(self._by_drone.get(drone, {})), reason, now)
+
+    def unblock(self, keys: list[str] | None, now: float) -> dict:
+        """Give failed packages fresh attempts and grounded drones a clean slate."""
+        if keys is None:
+            targets = [p.key for p in self._packages.values() if p.state == FAILED]
+            drones, unknown = sorted(self._grounded), []
+        else:
+            wanted = list(dict.fromkeys(keys))
+            targets = [k for k in wanted if k in self._packages]
+            drones = [k for k in wanted if k in self._grounded or k in self._streak]
+            unknown = [k for k in wanted if k not in self._packages and k not in drones]
+        unblocked = [key for key in targets if self._unblock_one(key)]
+        for drone in drones:
+            self._grounded.discard(drone)
+            self._streak.pop(drone, None)
+        return _ok(unblocked=unblocked, ungrounded=drones, unknown=unknown)
+
+    def finalize(self, release_id: str, now: float, force: bool) -> dict:
+        """Record an immutable release of every received package; refuse while work is pending."""
+        old = self._releases.get(release_id)
+        if old is not None:
+            return _ok("duplicate", release=release_id, count=len(old.keys), duplicate=True)
+        needed, delegated = self._counts[NEEDED], self._counts[DELEGATED]
+        if (needed or delegated) and not force:
+            return _no("refused", needed=needed, delegated=delegated)
+        keys = [p.key for p in self._packages.values() if p.state == RECEIVED]
+        self._releases[release_id] = Release(release_id, now, keys, bool(force))
+        return _ok(release=release_id, count=len(keys), duplicate=False)
+
+    def reset(self) -> dict:
+        """Forget the queue but keep releases (they are on disk) and terms (fencing must hold)."""
+        self._clear()
+        return _ok()
+
+    def note_leader(self, term: int, leader: str) -> dict:
+        """Record who led each term; two leaders in one term breaks Raft's safety promise."""
+        self._see(term)
+        known = self._terms.setdefault(term, leader)
+        if known == leader:
+            return _ok(term=term, leader=leader)
+        message = f"term {term}: {leader!r} committed as leader but {known!r} already led this term"
+        self.violations.append(message)
+        log.error("safety violation: %s", message)
+        return _no("violation", term=term, leader=known)
+
+    # ------------------------------------------------------------------ queries
+
+    def counts(self) -> dict[str, int]:
+        """Maintained incrementally, so /status stays O(1) on a 20k queue."""
+        return {**self._counts, "total": len(self._packages)}
+
+    def get(self, key: str) -> Package | None:
+        """A copy, so a caller cannot change replicated state behind Raft's back."""
+        pkg = self._packages.get(key)
+        if pkg is None:
+            return None
+        result = None if pkg.result is None else dict(pkg.result)
+        copies = {"batches": list(pkg.batches), "deps": list(pkg.deps), "failed_on": list(pkg.failed_on)}
+        return replace(pkg, result=result, **copies)
+
+    def dispatchable(self, limit: int, exclude: Iterable[str] = frozenset()) -> list[str]:
+        """The next ready keys in seq order, walking the heap without mutating it.
+
+        Walks the heap as a tree (a second, small heap holds the frontier), so the cost is
+        O((limit + skipped) log) and a query never reorders replicated state.
+        """
+        heap, out = self._ready, []
+        frontier = [(heap[0], 0)] if heap and limit > 0 else []
+        while frontier and len(out) < limit:
+            (_, key), i = heapq.heappop(frontier)
+            if key not in exclude and self._is_ready(key):
+                out.append(key)
+            for child in (2 * i + 1, 2 * i + 2):
+                if child < len(heap):
+                    heapq.heappush(frontier, (heap[child], child))
+        return out
+
+    def delegated_to(self, drone: str) -> list[str]:
+        return self._by_seq(self._by_drone.get(drone, {}))
+
+    def grounded(self) -> list[str]:
+        return sorted(self._grounded)
+
+    def drone_streak(self, drone: str) -> int:
+        return self._streak.get(drone, 0)
+
+    @property
+    def releases(self) -> list[Release]:
+        return list(self._releases.values())
+
+    @property
+    def max_term(self) -> int:
+        return self._max_term
+
+    def batch_progress(self, batch_id: str) -> dict | None:
+        batch = self._batches.get(batch_id)
+        return None if batch is None else self._batch_view(batch)
+
+    def snapshot(self, limit: int | None = None) -> dict:
+        """The JSON-ready view behind GET /swarm: packages in seq order, at most ``limit``."""
+        packages = islice(self._packages.values(), limit)
+        return {
+            "counts": self.counts(),
+            "packages": [self._package_view(p) for p in packages],
+            "batches": [self._batch_view(b) for b in self._batches.values()],
+            "grounded": self.grounded(),
+            "releases": [self._release_view(r) for r in self._releases.values()],
+            "terms": {str(term): leader for term, leader in sorted(self._terms.items())},
+            "max_term": self._max_term,
+            "violations": list(self.violations),
+        }
+
+    def leader_of(self, term: int) -> str | None:
+        """Who committed `note_leader` for `term` (a node leads only once its claim applied)."""
+        return self._terms.get(term)
+
+    def lease_overdue(self, now: float) -> bool:
+        """Whether expire(now) would requeue anything: lets the leader skip a useless commit."""
+        return any(self._lease_over(k, now) for keys in self._by_drone.values() for k in keys)
+
+    def delegated_elsewhere(self, live: Iterable[str]) -> list[str]:
+        """Delegated packages held by drones not in `live`, in seq order (for balance)."""
+        alive = set(live)
+        return self._by_seq(k for d, keys in self._by_drone.items() if d not in alive for k in keys)
+
+    def fingerprint(self) -> str:
+        """Equal logical states give equal hashes on every node; indexes are left out."""
+        state = {
+            "packages": [vars(p) for p in self._packages.values()],
+            "batches": [vars(b) for b in self._batches.values()],
+            "releases": [vars(r) for r in self._releases.values()],
+            "grounded": sorted(self._grounded),
+            "streaks": sorted(self._streak.items()),
+            "terms": sorted(self._terms.items()),
+            "max_term": self._max_term,
+            "violations": self.violations,
+        }
+        blob = json.dumps(state, sort_keys=True, separators=(",", ":"), default=repr)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    # ---------------------------------------------------------------- internals
+
+    def _add(self, key: str, cpv: str, repo: str | None) -> Package:
+        self._seq += 1
+        pkg = self._packages[key] = Package(key, cpv, repo, self._seq)
+        self._counts[NEEDED] += 1
+        return pkg
+
+    def _join_batch(self, batch_id: str, keys: list[str]) -> None:
+        counts = self._batch_counts[batch_id] = dict.fromkeys(STATES, 0)
+        for key in keys:
+            pkg = self._packages[key]
+            pkg.batches.append(batch_id)
+            counts[pkg.state] += 1
+
+    def _link(self, added: list[Package], deps: dict[str, list[str]]) -> None:
+        """Attach dependency edges of new packages, dropping forward edges that close a cycle."""
+        forward, packages = [], self._packages
+        for pkg in added:
+            for dep in dict.fromkeys(deps.get(pkg.key, ())):
+                target = packages.get(dep)
+                if target is None or target is pkg:
+                    continue
+                if target.seq < pkg.seq:
+                    pkg.deps.append(dep)
+                else:
+                    forward.append((pkg, target))
+        for pkg, target in forward:
+            if not self._reaches(target.key, pkg.key):
+                pkg.deps.append(target.key)
+        for pkg in added:
+            self._count_unmet(pkg)
+            self._push_if_ready(pkg)
+
+    def _reaches(self, start: str, goal: str) -> bool:
+        stack, seen = [start], set()
+        while stack:
+            key = stack.pop()
+            if key == goal:
+                return True
+            if key not in seen:
+                seen.add(key)
+                stack.extend(self._packages[key].deps)
+        return False
+
+    def _count_unmet(self, pkg: Package) -> None:
+        unmet = [dep for dep in pkg.deps if self._packages[dep].state != RECEIVED]
+        for dep in unmet:
+            self._rdeps.setdefault(dep, []).append(pkg.key)
+        if unmet:
+            self._unmet[pkg.key] = len(unmet)
+
+    def _release_dependants(self, key: str) -> None:
+        for dependant in self._rdeps.pop(key, ()):
+            left = self._unmet[dependant] - 1
+            if left:
+                self._unmet[dependant] = left
+            else:
+                del self._unmet[dependant]
+                self._push_if_ready(self._packages[dependant])
+
+    def _is_ready(self, key: str) -> bool:
+        pkg = self._packages.get(key)
+        return pkg is not None and pkg.state == NEEDED and key not in self._unmet
+
+    def _push_if_ready(self, pkg: Package) -> None:
+        if pkg.key not in self._heaped and self._is_ready(pkg.key):
+            heapq.heappush(self._ready, (pkg.seq, pkg.key))
+            self._heaped.add(pkg.key)
+
+    def _prune(self) -> None:
+        """Drop stale entries from the top of the ready heap so the next walk starts clean."""
+        while self._ready and not self._is_ready(self._ready[0][1]):
+            _, key = heapq.heappop(self._ready)
+            self._heaped.discard(key)
+
+    def _set_state(self, pkg: Package, state: str) -> None:
+        for counts in (self._counts, *(self._batch_counts[b] for b in pkg.batches)):
+            counts[pkg.state] -= 1
+            counts[state] += 1
+        pkg.state = state
+
+    def _leave_delegation(self, pkg: Package) -> None:
+        if pkg.state != DELEGATED:
+            return
+        held = self._by_drone[pkg.drone]
+        del held[pkg.key]
+        if not held:
+            del self._by_drone[pkg.drone]
+        pkg.lease_deadline = None
+
+    def _requeue_one(self, key: str, reason: str) -> bool:
+        pkg = self._packages.get(key)
+        if pkg is None or pkg.state != DELEGATED:
+            return False
+        self._leave_delegation(pkg)
+        pkg.attempts = max(0, pkg.attempts - 1)
+        pkg.error = reason
+        self._set_state(pkg, NEEDED)
+        self._push_if_ready(pkg)
+        return True
+
+    def _unblock_one(self, key: str) -> bool:
+        pkg = self._packages[key]
+        if pkg.state != FAILED:
+            return False
+        pkg.attempts, pkg.failed_on = 0, []
+        self._set_state(pkg, NEEDED)
+        self._push_if_ready(pkg)
+        return True
+
+    def _strike(self, drone: str, ground_after: int) -> bool:
+        streak = self._streak[drone] = self._streak.get(drone, 0) + 1
+        if ground_after > 0 and streak >= ground_after and drone not in self._grounded:
+            self._grounded.add(drone)
+            log.warning("drone %s grounded after %d consecutive failures", drone, streak)
+        return drone in self._grounded
+
+    def _lease_over(self, key: str, now: float) -> bool:
+        deadline = self._packages[key].lease_deadline
+        return deadline is not None and deadline < now
+
+    def _see(self, term: int) -> None:
+        self._max_term = max(self._max_term, term)
+
+    def _by_seq(self, keys: Iterable[str]) -> list[str]:
+        return sorted(keys, key=lambda k: self._packages[k].seq)
+
+    @staticmethod
+    def _package_view(p: Package) -> dict:
+        fields = ("key", "cpv", "repo", "state", "drone", "attempts", "error", "lease_deadline")
+        return {**{name: getattr(p, name) for name in fields}, "batches": list(p.batches)}
+
+    def _batch_view(self, b: Batch) -> dict:
+        counts = dict(self._batch_counts[b.id])
+        return {
+            "id": b.id,
+            "client": b.client,
+            "count": len(b.keys),
+            "submitted_at": b.submitted_at,
+            "counts": counts,
+        }
+
+    @staticmethod
+    def _release_view(r: Release) -> dict:
+        return {"id": r.id, "created_at": r.created_at, "count": len(r.keys), "forced": r.forced}
