@@ -1,0 +1,272 @@
+"""Artifacts: receive uploads from drones, validate, store content-addressed, commit.
+
+An upload is `Chunk` frames then a `Trailer` on the leader's PULL socket. PUSH has no
+acknowledgement and a frame can be lost when a connection drops, so the application checks
+everything: chunks in sequence, total size, sha256, and the GPKG itself for the CPV that was
+delegated. Data goes to a temp file named by us (never by the drone), is fsynced, then
+renamed into the store under its sha256; only after `received` is committed does the drone
+get `Stored` and delete its copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import zmq
+
+from swarmmesh import gentoo, protocol, transport
+from swarmmesh.errors import ArtifactError, ProtocolError
+
+if TYPE_CHECKING:
+    from swarmmesh.orchestrator import Orchestrator
+
+log = logging.getLogger(__name__)
+
+MAX_ARTIFACT = 8 * 1024**3
+MIN_ARTIFACT = 1024
+UPLOAD_IDLE_TIMEOUT = 60.0
+_UPLOAD_ID = re.compile(r"^[0-9a-f]{8,64}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class Store:
+    """Content-addressed files under `<data_dir>/store/ab/abcdef...`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp = root / "tmp"
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        for stale in self.tmp.iterdir():  # partial uploads of a previous run
+            stale.unlink(missing_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        if not _SHA256.match(sha256):
+            raise ArtifactError(f"not a sha256 digest: {sha256!r}")
+        return self.root / sha256[:2] / sha256
+
+    def has(self, sha256: str) -> bool:
+        return self.path(sha256).is_file()
+
+    def temp_file(self) -> tuple[Path, BinaryIO]:
+        path = self.tmp / f"{uuid.uuid4().hex}.part"
+        return path, open(path, "xb")  # noqa: SIM115 - closed by the Upload that owns it
+
+    def put(self, tmp: Path, sha256: str) -> Path:
+        """Move a verified temp file into place (atomic rename, directory fsynced)."""
+        dest = self.path(sha256)
+        dest.parent.mkdir(exist_ok=True)
+        os.replace(tmp, dest)
+        _fsync_dir(dest.parent)
+        return dest
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class Upload:
+    path: Path
+    fh: BinaryIO
+    sender: bytes
+    hasher: Any = field(default_factory=hashlib.sha256)
+    size: int = 0
+    next_seq: int = 0
+    broken: str = ""
+    last_activity: float = field(default_factory=time.monotonic)
+
+    def add(self, chunk: protocol.Chunk) -> None:
+        self.last_activity = time.monotonic()
+        if self.broken:
+            return
+        if chunk.seq != self.next_seq:
+            self.broken = f"chunk {chunk.seq} arrived where {self.next_seq} was expected (lost frames)"
+            return
+        if self.size + len(chunk.data) > MAX_ARTIFACT:
+            self.broken = f"upload exceeds {MAX_ARTIFACT} bytes"
+            return
+        self.fh.write(chunk.data)
+        self.hasher.update(chunk.data)
+        self.size += len(chunk.data)
+        self.next_seq += 1
+
+    def discard(self) -> None:
+        self.fh.close()
+        self.path.unlink(missing_ok=True)
+
+
+class Receiver:
+    """Component of an Orchestrator: owns the PULL socket and the store."""
+
+    def __init__(self, node: Orchestrator) -> None:
+        self.node = node
+        me = node.config.me()
+        self.store = Store(Path(node.config.data_dir) / "store")
+        self.pull = transport.pull(node.ctx, transport.tcp_bind(me.host, me.artifacts_port))
+        self.uploads: dict[str, Upload] = {}
+
+    # --- component protocol --------------------------------------------------------------
+    def register(self, poller: zmq.Poller) -> None:
+        poller.register(self.pull, zmq.POLLIN)
+
+    def on_poll(self, ready: dict) -> None:
+        if self.pull in ready:
+            for _ in range(256):
+                try:
+                    frame = self.pull.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    return
+                self._frame(frame)
+
+    def accepts(self, msg: protocol.Message) -> bool:
+        return False
+
+    def handle(self, identity: bytes, msg: protocol.Message) -> None:
+        """Artifacts arrive on the PULL socket, not the ROUTER."""
+
+    def on_leadership(self, term: int | None) -> None:
+        if term is None:
+            self._drop_all("leadership lost")
+
+    def tick(self, now: float) -> None:
+        for upload_id, up in list(self.uploads.items()):
+            if now - up.last_activity > UPLOAD_IDLE_TIMEOUT:
+                log.warning("upload %s idle for %.0fs: discarded", upload_id, now - up.last_activity)
+                del self.uploads[upload_id]
+                up.discard()
+
+    def close(self) -> None:
+        self._drop_all("shutting down")
+        self.pull.close(0)
+
+    # --- frames --------------------------------------------------------------------------
+    def _frame(self, frame: bytes) -> None:
+        try:
+            msg = protocol.decode(frame, max_size=protocol.MAX_CHUNK_FRAME)
+        except ProtocolError as exc:
+            log.warning("rejected an artifact frame: %s", exc)
+            return
+        if isinstance(msg, protocol.Chunk):
+            self._chunk(msg)
+        elif isinstance(msg, protocol.Trailer):
+            self._trailer(msg)
+        else:
+            log.warning("unexpected %r message on the artifact socket", msg.TYPE)
+
+    def _chunk(self, chunk: protocol.Chunk) -> None:
+        if not self.node.is_leader() or not _UPLOAD_ID.match(chunk.upload):
+            return
+        up = self.uploads.get(chunk.upload)
+        if up is None:
+            if chunk.seq != 0:
+                return  # the start of this upload was lost; the trailer will be rejected
+            path, fh = self.store.temp_file()
+            up = self.uploads[chunk.upload] = Upload(path, fh, b"")
+        up.add(chunk)
+
+    def _trailer(self, tr: protocol.Trailer) -> None:
+        identity = tr.drone.encode()
+        up = self.uploads.pop(tr.upload, None)
+        if not self.node.is_leader():
+            if up:
+                up.discard()
+            return
+        try:
+            info = self._finish(up, tr)
+        except ArtifactError as exc:
+            self._reject(identity, tr, str(exc))
+            return
+        self._commit(identity, tr, info)
+
+    def _finish(self, up: Upload | None, tr: protocol.Trailer) -> gentoo.GpkgInfo:
+        """Check the transfer, then the package; raise ArtifactError(retry?) on failure."""
+        if up is None:
+            raise TransferError("no data arrived for this upload (lost frames); send it again")
+        try:
+            up.fh.flush()
+            os.fsync(up.fh.fileno())
+            up.fh.close()
+            _check_transfer(up, tr)
+            pkg = self.node.election.read(lambda q: q.get(tr.key))
+            if pkg is None:
+                raise ArtifactError(f"{tr.key} is not in the queue")
+            info = gentoo.inspect_gpkg(up.path, expect_cpv=pkg.cpv)
+            if info.sha256 != tr.sha256:
+                raise TransferError("sha256 changed while validating; send it again")
+            self.store.put(up.path, info.sha256)
+            return info
+        except BaseException:
+            up.discard()
+            raise
+
+    def _commit(self, identity: bytes, tr: protocol.Trailer, info: gentoo.GpkgInfo) -> None:
+        result = {"sha256": info.sha256, "size": info.size, "md5": info.md5, "sha1": info.sha1,
+                  "build_id": info.build_id or 1, "path": gentoo.gpkg_relpath(info.cpv, info.build_id or 1),
+                  "holders": [self.node.name]}
+
+        def then(res: Any, err: str | None) -> None:
+            if err is not None:
+                self.node.send(identity, protocol.Rejected(key=tr.key, reason=err, retry=True))
+                return
+            self.node.broker.settle(tr.drone, tr.key)
+            if res.get("ok") or res.get("code") == "duplicate":
+                log.info("received %s from %s (%d bytes, sha256 %s)", tr.key, tr.drone, info.size, info.sha256[:12])
+                self.node.send(identity, protocol.Stored(key=tr.key, sha256=info.sha256))
+            else:
+                self.node.send(identity, protocol.Rejected(key=tr.key, reason=f"not accepted: {res.get('code')}"))
+
+        self.node.commit("complete", tr.key, tr.drone, tr.term, result, time.time(), then=then)
+
+    def _reject(self, identity: bytes, tr: protocol.Trailer, reason: str) -> None:
+        if isinstance(reason, str) and reason.startswith(TransferError.PREFIX):
+            log.warning("upload of %s from %s incomplete: %s", tr.key, tr.drone, reason)
+            self.node.send(identity, protocol.Rejected(key=tr.key, reason=reason, retry=True))
+            return
+        log.warning("artifact for %s from %s rejected: %s", tr.key, tr.drone, reason)
+        policy = self.node.config.queue
+
+        def then(res: Any, err: str | None) -> None:
+            self.node.send(identity, protocol.Rejected(key=tr.key, reason=reason, retry=False))
+            self.node.broker.settle(tr.drone, tr.key)
+
+        self.node.commit("fail", tr.key, tr.drone, tr.term, f"invalid artifact: {reason}", time.time(),
+                         policy.max_attempts, policy.ground_after, then=then)
+
+    def _drop_all(self, why: str) -> None:
+        for up in self.uploads.values():
+            up.discard()
+        if self.uploads:
+            log.info("dropped %d partial upload(s): %s", len(self.uploads), why)
+        self.uploads.clear()
+
+
+class TransferError(ArtifactError):
+    """The bytes did not arrive intact: the drone should send them again."""
+
+    PREFIX = "transfer: "
+
+    def __init__(self, message: str) -> None:
+        super().__init__(self.PREFIX + message)
+
+
+def _check_transfer(up: Upload, tr: protocol.Trailer) -> None:
+    if up.broken:
+        raise TransferError(up.broken)
+    if up.next_seq != tr.chunks or up.size != tr.size:
+        raise TransferError(f"got {up.next_seq} chunks / {up.size} bytes, trailer says {tr.chunks} / {tr.size}")
+    if up.hasher.hexdigest() != tr.sha256:
+        raise TransferError("sha256 mismatch")
+    if up.size < MIN_ARTIFACT:
+        raise ArtifactError(f"artifact of {up.size} bytes is too small to be a package (minimum {MIN_ARTIFACT})")

@@ -1,0 +1,296 @@
+"""The leader's job dispatch: drone sessions, push-based delegation, leases, reconciliation.
+
+Only the leader runs it (a follower answers drones with `NotLeader`). Every delegation,
+failure and hand-back is committed before anyone acts on it: a `Job` goes out from the
+commit callback, never before. Drone liveness is an expiry time renewed by heartbeats
+(zguide Majordomo); a drone that goes silent for `lease_seconds` has its jobs put back to
+needed through the log. Messages carry the Raft term of the delegation; what a drone reports
+is reconciled against the log (queue.complete/fail check who holds the package), never
+applied blindly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from swarmmesh import protocol
+from swarmmesh.protocol import Bye, Heartbeat, Hello, JobFailed
+
+if TYPE_CHECKING:
+    from swarmmesh.orchestrator import Orchestrator
+    from swarmmesh.queue import BuildQueue
+
+log = logging.getLogger(__name__)
+
+EXPIRE_PERIOD = 1.0
+
+
+@dataclass
+class DroneSession:
+    name: str
+    identity: bytes
+    cores: int
+    slots: int
+    builder: str
+    last_seen: float
+    lease_until: float = 0.0
+    running: set[str] = field(default_factory=set)   # committed delegations it holds
+    pending: set[str] = field(default_factory=set)   # delegations being committed
+
+    @property
+    def free(self) -> int:
+        return self.slots - len(self.running) - len(self.pending)
+
+
+class Broker:
+    """Component of an Orchestrator (see orchestrator.Orchestrator.components)."""
+
+    def __init__(self, node: Orchestrator) -> None:
+        self.node = node
+        self.policy = node.config.queue
+        self.drones: dict[str, DroneSession] = {}
+        self.inflight: set[str] = set()
+        self._term: int | None = None
+        self._grace_until = 0.0
+        self._next_expire = 0.0
+        self._next_beat = 0.0
+
+    # --- component protocol --------------------------------------------------------------
+    def register(self, poller: Any) -> None:
+        """The broker shares the orchestrator's ROUTER; it owns no socket."""
+
+    def on_poll(self, ready: dict) -> None:
+        """Nothing to read: messages arrive through handle()."""
+
+    def close(self) -> None:
+        self.drones.clear()
+
+    def accepts(self, msg: protocol.Message) -> bool:
+        return isinstance(msg, Hello | Heartbeat | JobFailed | Bye)
+
+    def on_leadership(self, term: int | None) -> None:
+        """New term: forget sessions (drones re-Hello) and give them a lease's grace."""
+        self._term = term
+        self.drones.clear()
+        self.inflight.clear()
+        self._grace_until = time.monotonic() + self.policy.lease_seconds
+
+    def handle(self, identity: bytes, msg: protocol.Message) -> None:
+        if self._term is None:
+            self.node.send(identity, self._not_leader())
+            return
+        handler = {Hello: self._hello, Heartbeat: self._heartbeat, JobFailed: self._failed, Bye: self._bye}
+        handler[type(msg)](identity, msg)
+
+    def tick(self, now: float) -> None:
+        if self._term is None:
+            return
+        if now >= self._next_beat:
+            self._next_beat = now + self.policy.heartbeat_seconds
+            self._beat()
+        if now >= self._next_expire and now >= self._grace_until:
+            self._next_expire = now + EXPIRE_PERIOD
+            self._reap(now)
+        self.dispatch()
+
+    # --- messages ----------------------------------------------------------------------
+    def _not_leader(self) -> protocol.NotLeader:
+        leader = self.node.election.leader_name()
+        addr = next((o for o in self.node.config.orchestrators if o.name == leader), None)
+        return protocol.NotLeader(leader=leader, broker=addr.broker_url if addr else None)
+
+    def _hello(self, identity: bytes, msg: Hello) -> None:
+        if not _valid_drone(msg):
+            log.warning("rejected a hello from %r: bad name, cores or slots", identity)
+            return
+        session = DroneSession(msg.drone, identity, msg.cores, msg.slots, msg.builder, time.monotonic())
+        self.drones[msg.drone] = session
+        adopt, drop, stored = self.node.election.read(lambda q: _reconcile(q, msg))
+        session.running.update(k for k, _ in adopt)
+        log.info("drone %s joined (%d cores, %d slots, %s): adopt %d, drop %d",
+                 msg.drone, msg.cores, msg.slots, msg.builder, len(adopt), len(drop))
+        me = self.node.config.me()
+        self.node.send(identity, protocol.Welcome(leader=self.node.name, term=self._term or 0,
+                                                  artifacts=me.artifacts_url, staging=me.binhost_url,
+                                                  adopt=adopt, drop=drop))
+        for key, sha in stored:
+            self.node.send(identity, protocol.Stored(key=key, sha256=sha))
+        if adopt:
+            self._renew(session)
+        self.dispatch()
+
+    def _heartbeat(self, identity: bytes, msg: Heartbeat) -> None:
+        session = self.drones.get(msg.drone)
+        if session is None or session.identity != identity:
+            # unknown to this leader (e.g. it just took over): ask the drone to say hello here
+            me = self.node.config.me()
+            self.node.send(identity, protocol.NotLeader(leader=self.node.name, broker=me.broker_url))
+            return
+        session.last_seen = time.monotonic()
+        if session.lease_until - time.time() < self.policy.lease_seconds * 0.6:
+            self._renew(session)
+
+    def _failed(self, identity: bytes, msg: JobFailed) -> None:
+        session = self.drones.get(msg.drone)
+        if session is not None:
+            session.running.discard(msg.key)
+        error = msg.error[-8000:]
+        log.info("job %s failed on %s: %s", msg.key, msg.drone, error.splitlines()[-1:] or "")
+
+        def then(result: Any, err: str | None) -> None:
+            if err is None:  # committed, whatever the verdict: the report is settled
+                self.node.send(identity, protocol.Ack(key=msg.key, kind="failed"))
+                if result.get("grounded"):
+                    log.warning("drone %s grounded after repeated failures; `swarmmesh unblock %s` "
+                                "lets it build again", msg.drone, msg.drone)
+
+        self.node.commit("fail", msg.key, msg.drone, msg.term, error, time.time(),
+                         self.policy.max_attempts, self.policy.ground_after, then=then)
+
+    def _bye(self, identity: bytes, msg: Bye) -> None:
+        session = self.drones.pop(msg.drone, None)
+        keys = [k for k in msg.hand_back if isinstance(k, str)]
+        log.info("drone %s leaving, handing back %d job(s)", msg.drone, len(keys))
+        held = self.node.election.read(lambda q: [k for k in keys if _held_by(q, k, msg.drone)])
+
+        def then(result: Any, err: str | None) -> None:
+            if err is None:
+                for key in keys:
+                    self.node.send(identity, protocol.Ack(key=key, kind="handback"))
+
+        if session is not None or held:
+            self.node.commit("requeue", held, f"handed back by {msg.drone}", time.time(), then=then)
+
+    def settle(self, drone: str, key: str) -> None:
+        """A job ended (stored, or its artifact rejected): free the slot and refill it."""
+        session = self.drones.get(drone)
+        if session is not None:
+            session.running.discard(key)
+        self.dispatch()
+
+    # --- leases --------------------------------------------------------------------------
+    def _renew(self, session: DroneSession) -> None:
+        deadline = time.time() + self.policy.lease_seconds
+        session.lease_until = deadline
+        self.node.commit("renew", session.name, self._term or 0, deadline, None)
+
+    def _beat(self) -> None:
+        for session in list(self.drones.values()):
+            self.node.send(session.identity, Heartbeat(drone=self.node.name, running=sorted(session.running)))
+
+    def _reap(self, now: float) -> None:
+        """Drones silent for a lease lose their jobs; stray leases (drones that never came
+        back after a failover) expire through the log."""
+        for name, session in list(self.drones.items()):
+            if now - session.last_seen > self.policy.lease_seconds:
+                del self.drones[name]
+                log.warning("drone %s silent for %.1fs: its jobs go back to needed", name, now - session.last_seen)
+                self.node.commit("release_drone", name, "drone went silent", time.time())
+        wall = time.time()
+        if self.node.election.read(lambda q: q.lease_overdue(wall)):
+            self.node.commit("expire", wall)
+
+    # --- dispatch ------------------------------------------------------------------------
+    def dispatch(self) -> None:
+        """Hand needed packages to drones with free slots, most free slots and cores first."""
+        free = [d for d in self.drones.values() if d.free > 0]
+        if not free or self._term is None:
+            return
+        grounded = set(self.node.election.read(lambda q: q.grounded()))
+        free = [d for d in free if d.name not in grounded]
+        capacity = sum(d.free for d in free)
+        if capacity <= 0:
+            return
+        picks = self.node.election.read(lambda q: _picks(q, capacity, self.inflight))
+        for key, failed_on in picks:
+            drone = _choose(free, failed_on)
+            if drone is None:
+                return
+            self._delegate(key, drone)
+
+    def _delegate(self, key: str, session: DroneSession) -> None:
+        session.pending.add(key)
+        self.inflight.add(key)
+        now = time.time()
+        deadline = now + self.policy.lease_seconds
+        session.lease_until = max(session.lease_until, deadline)
+        term = self._term or 0
+
+        def then(result: Any, err: str | None) -> None:
+            session.pending.discard(key)
+            self.inflight.discard(key)
+            if err is not None or not result.get("ok"):
+                log.info("delegation of %s to %s not committed: %s", key, session.name, err or result.get("code"))
+                return
+            session.running.add(key)
+            pkg = self.node.election.read(lambda q: q.get(key))
+            job = protocol.Job(key=key, cpv=pkg.cpv, term=term, attempt=pkg.attempts, repo=pkg.repo)
+            if self.drones.get(session.name) is session and self.node.send(session.identity, job):
+                log.debug("job %s -> %s", key, session.name)
+
+        self.node.commit("delegate", key, session.name, term, now, deadline, then=then)
+
+    # --- balance -------------------------------------------------------------------------
+    def balance(self, reply: Any) -> None:
+        """Reclaim leases from vanished drones (no live session holds them)."""
+        live = set(self.drones)
+        stray = self.node.election.read(lambda q: q.delegated_elsewhere(live))
+
+        def then(result: Any, err: str | None) -> None:
+            reply({"requeued": stray if err is None else [], "drones": sorted(live),
+                   "error": err})
+
+        if not stray:
+            reply({"requeued": [], "drones": sorted(live), "error": None})
+            return
+        self.node.commit("requeue", stray, "balance: drone gone", time.time(), then=then)
+
+
+def _valid_drone(msg: Hello) -> bool:
+    return 0 < len(msg.drone) <= 64 and msg.drone.isprintable() and 0 < msg.slots <= 256 and 0 < msg.cores <= 4096
+
+
+def _held_by(q: BuildQueue, key: str, drone: str) -> bool:
+    pkg = q.get(key)
+    return pkg is not None and pkg.state == "delegated" and pkg.drone == drone
+
+
+def _reconcile(q: BuildQueue, msg: Hello) -> tuple[list, list, list]:
+    """What a (re)joining drone keeps, drops, and may delete as already stored."""
+    adopt, drop, stored = [], [], []
+    uploads = {k for k, _ in _pairs(msg.uploads)}
+    for key, term in _pairs(msg.running) + _pairs(msg.uploads):
+        pkg = q.get(key)
+        if pkg is not None and pkg.state == "received" and key in uploads and pkg.result:
+            stored.append((key, pkg.result.get("sha256", "")))
+        elif pkg is not None and (_held_by(q, key, msg.drone) or (key in uploads and pkg.state == "needed")):
+            adopt.append([key, pkg.term if pkg.drone == msg.drone else term])
+        else:
+            drop.append(key)
+    return adopt, drop, stored
+
+
+def _pairs(raw: list) -> list[tuple[str, int]]:
+    out = []
+    for item in raw:
+        if isinstance(item, list | tuple) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], int):
+            out.append((item[0], item[1]))
+    return out
+
+
+def _picks(q: BuildQueue, limit: int, inflight: set[str]) -> list[tuple[str, list[str]]]:
+    keys = q.dispatchable(limit, exclude=inflight)
+    return [(k, list(q.get(k).failed_on)) for k in keys]
+
+
+def _choose(free: list[DroneSession], failed_on: list[str]) -> DroneSession | None:
+    """Most free slots, then most cores; a retry prefers a drone it has not failed on."""
+    candidates = [d for d in free if d.free > 0]
+    fresh = [d for d in candidates if d.name not in failed_on]
+    pool = fresh or candidates
+    if not pool:
+        return None
+    return max(pool, key=lambda d: (d.free, d.cores, d.name))

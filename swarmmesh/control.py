@@ -1,0 +1,195 @@
+"""The control API of an orchestrator: validate a request, commit, then reply.
+
+A mutation is acknowledged only from its commit callback; a request whose commit does not
+come back within COMMIT_TIMEOUT gets a `not_committed` reply (the command may still commit
+later, which is why every command is idempotent or conditional). Followers answer
+`not_leader` with the leader's name so the caller can go there.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from swarmmesh import gentoo
+from swarmmesh.errors import BadAtomsError, InputError, SwarmError
+from swarmmesh.protocol import Reply, Request
+
+if TYPE_CHECKING:
+    from swarmmesh.orchestrator import Orchestrator
+
+log = logging.getLogger(__name__)
+
+COMMIT_TIMEOUT = 10.0
+READ_OPS = {"status"}
+
+
+class Control:
+    def __init__(self, node: Orchestrator) -> None:
+        self.node = node
+        self._pending: dict[str, tuple[bytes, float]] = {}
+        self._ops: dict[str, Callable[[bytes, Request], None]] = {
+            "status": self._status, "swarm": self._swarm, "submit": self._submit,
+            "finalize": self._finalize, "balance": self._balance, "unblock": self._unblock,
+            "reset": self._reset,
+        }
+
+    def handle(self, identity: bytes, req: Request) -> None:
+        op = self._ops.get(req.op)
+        if op is None:
+            self._error(identity, req, "invalid", f"unknown operation {req.op!r}; "
+                        f"known: {', '.join(sorted(self._ops))}")
+            return
+        if req.op not in READ_OPS and not self.node.is_leader():
+            self._error(identity, req, "not_leader",
+                        f"{self.node.name} is not the leader; ask {self.node.leader_name() or 'the leader'}")
+            return
+        try:
+            op(identity, req)
+        except BadAtomsError as exc:
+            self._error(identity, req, exc.code, str(exc), {"bad_lines": [list(b) for b in exc.bad_lines]})
+        except SwarmError as exc:
+            self._error(identity, req, exc.code, str(exc))
+
+    def tick(self, now: float) -> None:
+        for req_id, (identity, deadline) in list(self._pending.items()):
+            if now > deadline:
+                del self._pending[req_id]
+                self._send(identity, Reply(req_id=req_id, ok=False, code="not_committed",
+                                           error="the change was not committed in time; check status and retry"))
+
+    # --- replies -----------------------------------------------------------------------
+    def _send(self, identity: bytes, reply: Reply) -> None:
+        self.node.send(identity, Reply(**{**reply.__dict__, "leader": self.node.leader_name()}))
+
+    def _ok(self, identity: bytes, req: Request, result: Any) -> None:
+        self._send(identity, Reply(req_id=req.req_id, ok=True, result=result))
+
+    def _error(self, identity: bytes, req: Request, code: str, error: str, result: Any = None) -> None:
+        self._send(identity, Reply(req_id=req.req_id, ok=False, code=code, error=error, result=result))
+
+    def _commit(self, identity: bytes, req: Request, command: str, *args: Any,
+                shape: Callable[[dict], tuple[bool, str, str, Any]] | None = None) -> None:
+        """Commit, and reply from the callback: the ack means committed."""
+        self._pending[req.req_id] = (identity, time.monotonic() + COMMIT_TIMEOUT)
+
+        def then(result: Any, err: str | None) -> None:
+            if self._pending.pop(req.req_id, None) is None:
+                return  # already answered as timed out
+            if err is not None:
+                self._error(identity, req, "not_committed", err)
+                return
+            ok, code, error, value = (shape or _plain)(result)
+            self._send(identity, Reply(req_id=req.req_id, ok=ok, code=code, error=error, result=value))
+
+        self.node.commit(command, *args, then=then)
+
+    # --- operations --------------------------------------------------------------------
+    def _status(self, identity: bytes, req: Request) -> None:
+        node = self.node
+        counts, fingerprint = node.election.read(lambda q: (q.counts(), q.fingerprint()))
+        commit, applied = node.election.indexes()
+        self._ok(identity, req, {"fingerprint": fingerprint,
+            "node": node.name, "role": "leader" if node.is_leader() else node.election.role(),
+            "leader": node.leader_name(), "term": node.term, "counts": counts,
+            "commit_index": commit, "applied_index": applied,
+        })
+
+    def _swarm(self, identity: bytes, req: Request) -> None:
+        snap = self.node.election.read(lambda q: q.snapshot())
+        snap["leader"], snap["term"] = self.node.name, self.node.term
+        self._ok(identity, req, snap)
+
+    def _submit(self, identity: bytes, req: Request) -> None:
+        refs = _refs_from(req.args)
+        deps = _deps_from(req.args.get("deps"))
+        client = _client_from(req.args.get("client"))
+        items = [(r.key, r.cpv, r.repo) for r in refs]
+        batch_id = f"b-{uuid.uuid4().hex[:12]}"
+        log.info("submit %s from %r: %d packages", batch_id, client, len(items))
+        self._commit(identity, req, "submit", batch_id, client, items, deps, time.time(),
+                     shape=lambda r: (True, "ok", "", {k: r[k] for k in ("batch", "count", "new")}))
+
+    def _finalize(self, identity: bytes, req: Request) -> None:
+        force = bool(req.args.get("force", False))
+        release_id = time.strftime("r-%Y%m%d-%H%M%S-", time.gmtime()) + uuid.uuid4().hex[:6]
+        self._commit(identity, req, "finalize", release_id, time.time(), force, shape=_finalize_shape)
+
+    def _balance(self, identity: bytes, req: Request) -> None:
+        balance = getattr(self.node, "balance", None)
+        if balance is None:
+            self._ok(identity, req, {"requeued": [], "note": "no drones are connected to this leader"})
+            return
+        balance(lambda result: self._ok(identity, req, result))
+
+    def _unblock(self, identity: bytes, req: Request) -> None:
+        keys = req.args.get("keys")
+        if keys is not None:
+            if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+                raise InputError("unblock: keys must be a list of package keys (CPVs) or drone names")
+            keys = [_unblock_key(k) for k in keys]
+        self._commit(identity, req, "unblock", keys or None, time.time())
+
+    def _reset(self, identity: bytes, req: Request) -> None:
+        if req.args.get("confirm") is not True:
+            raise InputError("reset forgets the whole queue; pass confirm=true (swarmmesh reset --yes)")
+        log.warning("queue reset requested")
+        self._commit(identity, req, "reset")
+
+
+def _plain(result: dict) -> tuple[bool, str, str, Any]:
+    ok = bool(result.get("ok", True))
+    return ok, result.get("code", "ok") if not ok else "ok", "" if ok else str(result.get("code")), result
+
+
+def _finalize_shape(result: dict) -> tuple[bool, str, str, Any]:
+    if result.get("ok"):
+        return True, "ok", "", {"release": result["release"], "count": result["count"]}
+    needed, delegated = result.get("needed", 0), result.get("delegated", 0)
+    return False, "refused", (
+        f"finalize refused: {needed} package(s) still needed and {delegated} being built; "
+        "wait for them or pass --force to release what is received"
+    ), {"needed": needed, "delegated": delegated}
+
+
+def _refs_from(args: dict) -> list[gentoo.PackageRef]:
+    text, packages = args.get("text"), args.get("packages")
+    if isinstance(text, str) and packages is None:
+        return gentoo.parse_package_list(text)
+    if isinstance(packages, list) and text is None:
+        return gentoo.parse_packages(packages)
+    raise InputError("submit needs either 'text' (a package list) or 'packages' (a list of atoms), not both")
+
+
+def _deps_from(raw: Any) -> dict[str, list[str]] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise InputError("deps must map a package atom to a list of atoms it depends on")
+    deps: dict[str, list[str]] = {}
+    for pkg, needs in raw.items():
+        if not isinstance(pkg, str) or not isinstance(needs, list) or not all(isinstance(n, str) for n in needs):
+            raise InputError("deps must map a package atom to a list of atoms it depends on")
+        deps[gentoo.parse_atom(pkg).key] = [gentoo.parse_atom(n).key for n in needs]
+    return deps
+
+
+def _client_from(raw: Any) -> str:
+    if raw is None:
+        return "anonymous"
+    if not isinstance(raw, str) or not 0 < len(raw) <= 128 or not raw.isprintable():
+        raise InputError("client must be a printable name of 1 to 128 characters")
+    return raw
+
+
+def _unblock_key(text: str) -> str:
+    """A CPV is normalised to its queue key; anything else is taken as a drone name."""
+    try:
+        return gentoo.parse_atom(text).key
+    except InputError:
+        if not text or len(text) > 128 or not text.isprintable():
+            raise InputError(f"unblock: {text!r} is neither a package atom nor a drone name") from None
+        return text

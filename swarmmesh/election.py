@@ -1,0 +1,195 @@
+"""The PySyncObj shell around the build queue: replication, persistence, leadership.
+
+The queue itself (queue.py) is pure; this module only forwards `@replicated` commands to it,
+under a lock because PySyncObj applies commands on its own thread while the orchestrator's
+socket loop reads the queue. Results come back to callers through callbacks (as values,
+never as exceptions across threads), so nothing ever blocks the Raft thread.
+
+Leadership is judged conservatively: a node acts as leader only when PySyncObj says so AND
+its own `note_leader` entry for the current term has been applied, which proves that every
+entry of earlier terms is applied locally and that a majority accepted this leader.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+
+from swarmmesh.config import NodeConfig
+from swarmmesh.errors import ConfigError
+from swarmmesh.queue import BuildQueue
+
+log = logging.getLogger(__name__)
+
+#: callback(result, error_text); error_text is None on success.
+Done = Callable[[Any, "str | None"], None]
+
+_FAIL_TEXT = {
+    FAIL_REASON.QUEUE_FULL: "the Raft command queue is full; retry shortly",
+    FAIL_REASON.MISSING_LEADER: "no leader is known; retry once an election has finished",
+    FAIL_REASON.DISCARDED: "a new leader discarded the command; retry",
+    FAIL_REASON.NOT_LEADER: "this orchestrator lost leadership before committing; retry",
+    FAIL_REASON.LEADER_CHANGED: "the leader changed before the command committed; retry",
+    FAIL_REASON.REQUEST_DENIED: "the command was denied",
+    FAIL_REASON.UNKNOWN_OUTCOME: "the outcome of the command is unknown; check status and retry",
+}
+
+MIN_SECRET = 16
+
+
+class QueueState(SyncObjConsumer):
+    """The replicated part: a BuildQueue plus the commands that change it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()  # set before super().__init__: kept out of snapshots
+        super().__init__()
+        self.queue = BuildQueue()
+
+    def _deserialize(self, data: dict) -> None:
+        with self.lock:
+            super()._deserialize(data)
+
+    def _apply(self, name: str, *args: Any) -> Any:
+        with self.lock:
+            return getattr(self.queue, name)(*args)
+
+    @replicated
+    def note_leader(self, term: int, leader: str) -> dict:
+        return self._apply("note_leader", term, leader)
+
+    @replicated
+    def submit(self, batch_id: str, client: str, items: list, deps: dict | None, now: float) -> dict:
+        return self._apply("submit", batch_id, client, items, deps, now)
+
+    @replicated
+    def delegate(self, key: str, drone: str, term: int, now: float, lease_deadline: float) -> dict:
+        return self._apply("delegate", key, drone, term, now, lease_deadline)
+
+    @replicated
+    def renew(self, drone: str, term: int, lease_deadline: float, keys: list | None) -> dict:
+        return self._apply("renew", drone, term, lease_deadline, keys)
+
+    @replicated
+    def complete(self, key: str, drone: str, term: int, result: dict, now: float) -> dict:
+        return self._apply("complete", key, drone, term, result, now)
+
+    @replicated
+    def fail(self, key: str, drone: str, term: int, error: str, now: float,  # noqa: PLR0917
+             max_attempts: int, ground_after: int) -> dict:
+        return self._apply("fail", key, drone, term, error, now, max_attempts, ground_after)
+
+    @replicated
+    def requeue(self, keys: list, reason: str, now: float) -> dict:
+        return self._apply("requeue", keys, reason, now)
+
+    @replicated
+    def expire(self, now: float) -> dict:
+        return self._apply("expire", now)
+
+    @replicated
+    def release_drone(self, drone: str, reason: str, now: float) -> dict:
+        return self._apply("release_drone", drone, reason, now)
+
+    @replicated
+    def unblock(self, keys: list | None, now: float) -> dict:
+        return self._apply("unblock", keys, now)
+
+    @replicated
+    def finalize(self, release_id: str, now: float, force: bool) -> dict:
+        return self._apply("finalize", release_id, now, force)
+
+    @replicated
+    def reset(self) -> dict:
+        return self._apply("reset")
+
+
+def raft_conf(config: NodeConfig) -> SyncObjConf:
+    """PySyncObj settings from the node config: fast failover, persistence, encryption."""
+    if len(config.secret) < MIN_SECRET:
+        raise ConfigError(
+            f"{config.path}: [cluster] secret: missing or shorter than {MIN_SECRET} characters; "
+            "without it Raft traffic is unauthenticated pickles. Set the same long random secret "
+            "on every orchestrator (`swarmmesh cluster init` generates one)."
+        )
+    data = Path(config.data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    tuning = config.raft
+    return SyncObjConf(
+        password=config.secret,
+        raftMinTimeout=tuning.election_min,
+        raftMaxTimeout=tuning.election_max,
+        appendEntriesPeriod=tuning.append_period,
+        leaderFallbackTimeout=tuning.leader_fallback,
+        connectionRetryTime=tuning.connection_retry,
+        connectionTimeout=tuning.connection_timeout,
+        fullDumpFile=str(data / "raft.dump"),
+        journalFile=str(data / "raft.journal"),
+        commandsWaitLeader=False,
+        dynamicMembershipChange=False,
+        useFork=False,
+        logCompactionMinEntries=20_000,
+        logCompactionMinTime=60,
+        bindAddress=f"{config.me().host}:{config.me().raft_port}",
+    )
+
+
+class Election:
+    """One orchestrator's Raft membership: commit commands, read state, judge leadership."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.name = config.name
+        self.state = QueueState()
+        self._names = {o.raft_address: o.name for o in config.orchestrators}
+        peers = [p.raft_address for p in config.peers()]
+        self._raft = SyncObj(config.me().raft_address, peers, raft_conf(config), consumers=[self.state])
+
+    def close(self) -> None:
+        self._raft.destroy()
+
+    # --- committing --------------------------------------------------------------------
+    def commit(self, command: str, *args: Any, done: Done | None = None) -> None:
+        """Replicate `command(*args)`; `done(result, error)` runs on the Raft thread."""
+
+        def callback(result: Any, err: int) -> None:
+            if done is not None:
+                done(result, None if err == FAIL_REASON.SUCCESS else _FAIL_TEXT.get(err, f"failed ({err})"))
+
+        getattr(self.state, command)(*args, callback=callback)
+
+    # --- reading -----------------------------------------------------------------------
+    def read(self, fn: Callable[[BuildQueue], Any]) -> Any:
+        """Run `fn` on the queue under the lock: a consistent view, even mid-apply."""
+        with self.state.lock:
+            return fn(self.state.queue)
+
+    @property
+    def term(self) -> int:
+        return self._raft.raftCurrentTerm
+
+    def raft_is_leader(self) -> bool:
+        return self._raft._isLeader()
+
+    def is_leader(self) -> bool:
+        """Leader in Raft's eyes and our own claim for this term is applied."""
+        if not self._raft._isLeader():
+            return False
+        term = self.term
+        return self.read(lambda q: q.leader_of(term)) == self.name
+
+    def leader_name(self) -> str | None:
+        leader = self._raft._getLeader()
+        if leader is None:
+            return None
+        return self._names.get(getattr(leader, "address", str(leader)), str(leader))
+
+    def role(self) -> str:
+        status = self._raft.getStatus()
+        return {0: "follower", 1: "candidate", 2: "leader"}.get(status["state"], "unknown")
+
+    def indexes(self) -> tuple[int, int]:
+        return self._raft.raftCommitIndex, self._raft.raftLastApplied

@@ -1,0 +1,249 @@
+"""One orchestrator node: Raft membership, the ROUTER loop, leader events.
+
+A single thread owns every ZeroMQ socket. PySyncObj applies commands on its own thread;
+commit callbacks never touch sockets, they post a closure to `_inbox` and wake the loop
+through a pipe, so replies go out only after the command is committed.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from swarmmesh import protocol, transport
+from swarmmesh.config import NodeConfig
+from swarmmesh.election import Election
+from swarmmesh.errors import ProtocolError
+
+log = logging.getLogger(__name__)
+
+TICK = 0.1
+EVENT_PERIOD = 0.5
+COMMIT_TIMEOUT = 10.0
+
+Then = Callable[[Any, "str | None"], None]
+
+
+class Orchestrator:
+    """Wires election, control API and (when leading) the broker around one poll loop."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        from swarmmesh.artifacts import Receiver
+        from swarmmesh.broker import Broker
+        from swarmmesh.control import Control
+
+        self.config = config
+        self.me = config.me()
+        self.election = Election(config)
+        self.ctx = zmq.Context()
+        self.router = transport.router(self.ctx, transport.tcp_bind(self.me.host, self.me.broker_port))
+        self.events = transport.pub(self.ctx, transport.tcp_bind(self.me.host, self.me.events_port))
+        self._inbox: collections.deque[Callable[[], None]] = collections.deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._stop = False
+        self._leading_term: int | None = None
+        self._claimed_term: int | None = None
+        self._next_event = 0.0
+        self.control = Control(self)
+        self.broker = Broker(self)
+        self.receiver = Receiver(self)
+        self.components: list[Any] = [self.broker, self.receiver]
+        self.balance = self.broker.balance
+
+    # --- services for components (control, broker) -------------------------------------
+    def commit(self, command: str, *args: Any, then: Then | None = None) -> None:
+        """Replicate a command; `then(result, error)` runs later on this loop's thread."""
+
+        def done(result: Any, err: str | None) -> None:
+            if then is not None:
+                self._post(lambda: then(result, err))
+
+        self.election.commit(command, *args, done=done)
+
+    def send(self, identity: bytes, msg: protocol.Message) -> bool:
+        try:
+            self.router.send_multipart([identity, protocol.encode(msg)], zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError as exc:  # unknown peer (ROUTER_MANDATORY) or full queue
+            log.warning("could not send %s to %r: %s", msg.TYPE, identity, exc)
+            return False
+
+    def is_leader(self) -> bool:
+        return self._leading_term is not None
+
+    @property
+    def term(self) -> int:
+        return self.election.term
+
+    def leader_name(self) -> str | None:
+        return self.name if self.is_leader() else self.election.leader_name()
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def _post(self, fn: Callable[[], None]) -> None:
+        self._inbox.append(fn)
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full, so the loop is awake anyway
+
+    # --- the loop ----------------------------------------------------------------------
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        for comp in self.components:
+            comp.register(poller)
+        self._announce_ready()
+        while not self._stop:
+            ready = dict(poller.poll(TICK * 1000))
+            if self.router in ready:
+                self._drain_router()
+            if self._wake_r in ready:
+                self._drain_inbox()
+            for comp in self.components:
+                comp.on_poll(ready)
+            self._tick(time.monotonic())
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def close(self) -> None:
+        for comp in self.components:
+            comp.close()
+        self.election.close()
+        self.router.close(0)
+        self.events.close(0)
+        self.ctx.term()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _announce_ready(self) -> None:
+        line = f"swarmmesh orchestrator {self.name} ready"
+        log.info("%s (raft %s, broker %s)", line, self.me.raft_address, self.me.broker_url)
+        print(line, flush=True)
+
+    def _drain_router(self) -> None:
+        for _ in range(1000):
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._dispatch(frames)
+
+    def _dispatch(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            log.warning("dropped a message of %d frames (expected identity + payload)", len(frames))
+            return
+        identity, payload = frames
+        try:
+            msg = protocol.decode(payload)
+        except ProtocolError as exc:
+            log.warning("rejected a frame from %r: %s", identity, exc)
+            return
+        if isinstance(msg, protocol.Request):
+            self.control.handle(identity, msg)
+            return
+        for comp in self.components:
+            if comp.accepts(msg):
+                comp.handle(identity, msg)
+                return
+        log.warning("no handler for a %r message from %r", msg.TYPE, identity)
+
+    def _drain_inbox(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        while self._inbox:
+            fn = self._inbox.popleft()
+            try:
+                fn()
+            except Exception:  # a bug in one callback must not kill the node
+                log.exception("a commit callback failed")
+
+    # --- leadership and events ---------------------------------------------------------
+    def _tick(self, now: float) -> None:
+        self._check_leadership()
+        if now >= self._next_event:
+            self._next_event = now + EVENT_PERIOD
+            self._publish()
+        self.control.tick(now)
+        for comp in self.components:
+            comp.tick(now)
+
+    def _check_leadership(self) -> None:
+        term = self.election.term
+        if not self.election.raft_is_leader():
+            self._set_leading(None)
+            return
+        if self.election.is_leader():
+            self._set_leading(term)
+        elif self._claimed_term != term:
+            self._claimed_term = term
+            self.commit("note_leader", term, self.name, then=self._on_claim)
+
+    def _on_claim(self, result: Any, err: str | None) -> None:
+        if err is not None:
+            log.warning("could not claim leadership: %s", err)
+            self._claimed_term = None
+
+    def _set_leading(self, term: int | None) -> None:
+        if term == self._leading_term:
+            return
+        previous, self._leading_term = self._leading_term, term
+        if term is not None:
+            log.info("leading in term %d", term)
+            self._publish()
+        elif previous is not None:
+            log.info("no longer leading (was term %d)", previous)
+        for comp in self.components:
+            comp.on_leadership(term)
+
+    def _publish(self) -> None:
+        counts = self.election.read(lambda q: q.counts())
+        commit, applied = self.election.indexes()
+        node = protocol.NodeInfo(
+            name=self.name, role="leader" if self.is_leader() else self.election.role(),
+            term=self.election.term, leader=self.leader_name(), commit_index=commit,
+            applied_index=applied, counts=counts, sent_at=time.time(),
+        )
+        self.events.send_multipart([protocol.TOPIC_NODE, protocol.encode(node)])
+        if self.is_leader():
+            self.events.send_multipart([protocol.TOPIC_LEADER, protocol.encode(self.leader_info())])
+
+    def leader_info(self) -> protocol.LeaderInfo:
+        return protocol.LeaderInfo(
+            name=self.name, term=self._leading_term or self.election.term,
+            broker=self.me.broker_url, artifacts=self.me.artifacts_url, events=self.me.events_url,
+            binhost=self.me.binhost_url, sent_at=time.time(),
+        )
+
+
+def run_orchestrator(config: NodeConfig) -> None:
+    """Blocking entry point for `swarmmesh orchestrator`: runs until SIGTERM/SIGINT."""
+    node = Orchestrator(config)
+
+    def stop(signum: int, _frame: Any) -> None:
+        log.info("signal %d: stopping", signum)
+        node.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        node.run()
+    finally:
+        node.close()
+        sys.stdout.flush()
