@@ -1,0 +1,631 @@
+"""A drone: follows the leader, builds what it is given, streams the results back.
+
+One thread owns the DEALER and SUB sockets and every piece of job state (`step()` is one
+iteration of its loop, so tests drive it directly). Builds run in worker threads and the
+upload runs in one thread with its own PUSH socket; both only post results back to the loop
+(zmq sockets are not thread-safe). Nothing a drone reports is assumed delivered: an artifact
+file is deleted only after `Stored`, a failure is repeated until `Ack`, and both are sent
+again to whichever leader comes next.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import os
+import queue
+import re
+import shutil
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from swarmmesh import protocol, transport
+from swarmmesh.builders import Builder, BuildResult, check_repo, make_builder, split_cpv
+from swarmmesh.config import NodeConfig
+from swarmmesh.errors import InputError, ProtocolError
+from swarmmesh.protocol import Bye, Heartbeat, Hello, Job, JobFailed, LeaderInfo, Welcome
+
+log = logging.getLogger(__name__)
+
+ANSWER_TIMEOUT = 30.0      # no Stored / Ack for this long: send the upload or failure again
+MAX_UPLOAD_RETRIES = 3     # re-uploads after `Rejected(retry=True)` before reporting a failure
+HELLO_BACKOFF = (0.25, 5.0)
+LOST_AFTER_BEATS = 3       # heartbeat periods of silence after which the leader is lost
+SEND_TIMEOUT_MS = 10_000   # one chunk may wait this long for a dead leader, then the upload stalls
+HANDBACK_WAIT = 2.0
+STOP_DRAIN_SECONDS = 30.0
+JOIN_SECONDS = 7.0         # an emerge needs up to 5 s to die after SIGTERM
+MAX_ERROR = 16_000
+MAX_BURST = 1000           # frames read per socket per step, so one socket cannot starve the rest
+
+BUILDING, UPLOADING, FAILED = "building", "uploading", "failed"
+
+
+@dataclass(eq=False)
+class _Job:
+    key: str
+    cpv: str
+    repo: str | None
+    term: int
+    workdir: Path | None
+    started: float
+    cancel: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    state: str = BUILDING
+    path: Path | None = None
+    error: str = ""
+    rejections: int = 0
+    upload_id: str = ""
+    resend_at: float | None = None
+
+    @property
+    def pair(self) -> list:
+        return [self.key, self.term]
+
+
+@dataclass(frozen=True)
+class _Upload:
+    key: str
+    term: int
+    path: Path
+    upload_id: str
+    generation: int
+    cancel: threading.Event
+
+
+class Uploader:
+    """One thread and one PUSH socket stream artifacts to the leader's PULL, in CHUNK_SIZE
+    pieces with a bounded HWM (flat memory for any file size). A leader change bumps the
+    generation: the upload in flight stops between chunks and the drone sends it again."""
+
+    def __init__(self, ctx: zmq.Context, drone: str, report: Callable[[str, str, str, str], None]) -> None:
+        self.ctx, self.drone, self.report = ctx, drone, report
+        self._tasks: queue.SimpleQueue[_Upload | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._target: str | None = None
+        self._generation = 0
+        self._thread = threading.Thread(target=self._run, name=f"upload-{drone}", daemon=True)
+        self._thread.start()
+
+    def retarget(self, url: str | None) -> int:
+        with self._lock:
+            self._generation += 1
+            self._target = url
+            return self._generation
+
+    def submit(self, task: _Upload) -> None:
+        self._tasks.put(task)
+
+    def close(self, timeout: float = 2.0) -> None:
+        self.retarget(None)
+        self._tasks.put(None)
+        self._thread.join(timeout)
+
+    def _current(self) -> tuple[str | None, int]:
+        with self._lock:
+            return self._target, self._generation
+
+    def _live(self, task: _Upload) -> bool:
+        target, generation = self._current()
+        return target is not None and generation == task.generation and not task.cancel.is_set()
+
+    def _run(self) -> None:
+        sock: zmq.Socket | None = None
+        url: str | None = None
+        try:
+            while (task := self._tasks.get()) is not None:
+                target = self._current()[0]
+                if not self._live(task) or target is None:
+                    self.report(task.key, task.upload_id, "aborted", "")
+                    continue
+                if sock is None or url != target:
+                    if sock is not None:
+                        sock.close(0)
+                    sock, url = self._connect(target), target
+                outcome, detail = self._send(sock, task)
+                if outcome == "stalled":  # its queue is full of frames nobody reads: start afresh
+                    sock.close(0)
+                    sock = None
+                self.report(task.key, task.upload_id, outcome, detail)
+        finally:
+            if sock is not None:
+                sock.close(0)
+
+    def _connect(self, url: str) -> zmq.Socket:
+        sock = transport.push(self.ctx, url)
+        sock.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
+        return sock
+
+    def _send(self, sock: zmq.Socket, task: _Upload) -> tuple[str, str]:
+        digest, size, seq = hashlib.sha256(), 0, 0
+        try:
+            with open(task.path, "rb") as f:
+                while chunk := f.read(protocol.CHUNK_SIZE):
+                    if not self._live(task):
+                        return "aborted", ""
+                    sock.send(protocol.encode(protocol.Chunk(upload=task.upload_id, seq=seq, data=chunk)))
+                    digest.update(chunk)
+                    size, seq = size + len(chunk), seq + 1
+            sock.send(protocol.encode(protocol.Trailer(upload=task.upload_id, drone=self.drone, key=task.key,
+                                              term=task.term, size=size, sha256=digest.hexdigest(),
+                                              chunks=seq)))
+        except zmq.Again:
+            return "stalled", f"the leader took no data for {SEND_TIMEOUT_MS / 1000:g} s"
+        except OSError as exc:
+            return "error", f"cannot read {task.path.name}: {exc.strerror or exc}"
+        return "sent", f"{size} bytes"
+
+
+class Drone:
+    """The drone's state and its poll loop; see the module docstring for the threads."""
+
+    def __init__(self, config: NodeConfig, builder: Builder | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if config.drone is None:
+            raise InputError(f"{config.name} has no [drone] section; start a drone with a drone config")
+        self.config, self.name, self.clock = config, config.name, clock
+        self.dc = config.drone
+        self.builder = builder or make_builder(self.dc)
+        self.work_dir = self.dc.work_dir or config.data_dir / "work"
+        self.beat = config.queue.heartbeat_seconds
+        self.jobs: dict[str, _Job] = {}
+        self.dying: list[_Job] = []       # cancelled builds whose thread has not returned yet
+        self.settled = 0
+        self._counter = itertools.count(1)
+        self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.ctx = zmq.Context()
+        events = [o.events_url for o in config.orchestrators]
+        self.sub = transport.sub(self.ctx, events, [protocol.TOPIC_LEADER])
+        self.dealer: zmq.Socket | None = None
+        self.broker_url: str | None = None
+        self.poller = zmq.Poller()
+        self.poller.register(self.sub, zmq.POLLIN)
+        self.poller.register(self._wake_r, zmq.POLLIN)
+        self.uploader = Uploader(self.ctx, self.name, self._upload_report)
+        self._orchestrators = itertools.cycle(config.orchestrators)
+        self.latest: LeaderInfo | None = None
+        self._latest_at = 0.0
+        self.following: tuple[str | None, int] = (None, -1)
+        self.welcomed = False
+        self._artifacts: str | None = None
+        self._generation = 0
+        self._last_heard = self._lost_since = clock()
+        self._hello_at: float | None = None
+        self._backoff = HELLO_BACKOFF[0]
+        self._next_beat = 0.0
+        self.stop_requested = False
+        self._graceful = True
+        self._stopping = False
+        self._bye_sent = False
+        self._handback_wait: set[str] = set()
+        self._closed = False
+
+    # --- the loop --------------------------------------------------------------------------
+    def step(self, timeout: float = 0.1) -> None:
+        """One iteration: read what arrived (or wait up to `timeout`), then run the timers."""
+        events = dict(self.poller.poll(0 if not self._inbox.empty() else int(timeout * 1000)))
+        if self.sub in events:
+            self._drain(self.sub, self._on_event)
+        if self.dealer is not None and self.dealer in events:
+            self._drain(self.dealer, self._on_frame)
+        if self._wake_r in events:
+            self._drain_wake()
+        while not self._inbox.empty():
+            self._inbox.get()()
+        self._tick(self.clock())
+
+    def run(self, once: bool = False) -> None:
+        """Loop until stop(); with `once`, until one job is settled. Then stop as asked."""
+        line = f"swarmmesh drone {self.name} ready"
+        log.info("%s (%s builder, %d slots, work dir %s)", line, self.builder.name, self.dc.slots,
+                 self.work_dir)
+        print(line, flush=True)  # supervisors and tests wait for this line
+        try:
+            while not self.stop_requested and not (once and self.settled):
+                self.step()
+            self.shutdown()
+        finally:
+            self.close()
+
+    def stop(self, graceful: bool = True) -> None:
+        """Only sets flags, so signal handlers may call it; a second stop is never graceful."""
+        self._graceful = self._graceful and graceful and not self.stop_requested
+        self.stop_requested = True
+
+    def _drain(self, sock: zmq.Socket, handle: Callable[[list[bytes]], None]) -> None:
+        for _ in range(MAX_BURST):
+            if sock.closed:  # a handler switched leaders: the rest is the old leader's
+                return
+            try:
+                handle(sock.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _post(self, fn: Callable[[], None]) -> None:
+        """Hand work from another thread to the loop and wake it."""
+        if self._closed:
+            return  # a build outlived close(): its pipe may be gone
+        self._inbox.put(fn)
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full (the loop is awake anyway) or closed (the drone is gone)
+
+    def _tick(self, now: float) -> None:
+        if not self.welcomed:
+            if self._hello_at is None or now - self._hello_at >= self._backoff:
+                self._retry_hello(now)
+            return
+        if now - self._last_heard > LOST_AFTER_BEATS * self.beat and not self._bye_sent:
+            log.warning("no word from leader %s for %.1fs: looking for the leader", self.following[0],
+                        now - self._last_heard)
+            self._lose_leader()
+            return
+        if now >= self._next_beat and not self._bye_sent:
+            self._next_beat = now + self.beat
+            self._send(Heartbeat(drone=self.name, running=self._pairs(BUILDING, UPLOADING)))
+        for job in list(self.jobs.values()):
+            if job.resend_at is not None and now >= job.resend_at:
+                self._report(job)
+
+    # --- following the leader ----------------------------------------------------------------
+    def _on_event(self, parts: list[bytes]) -> None:
+        msg = _decode(parts[1]) if len(parts) == 2 and parts[0] == protocol.TOPIC_LEADER else None
+        if not isinstance(msg, LeaderInfo):
+            return
+        if self.latest is None or msg.term >= self.latest.term:
+            self.latest, self._latest_at = msg, self.clock()
+        if msg.term >= self.following[1] and (msg.name, msg.term) != self.following:
+            log.info("leader is %s (term %d) at %s", msg.name, msg.term, msg.broker)
+            self._follow(msg.name, msg.term, msg.broker)
+
+    def _follow(self, name: str | None, term: int, broker: str) -> None:
+        same = broker == self.broker_url
+        self.following = (name, term)
+        if same and not self.welcomed and self._hello_at is not None:
+            return  # a Hello is already on its way there
+        self._lose_leader()
+        if not same:
+            self._connect(broker)
+        self._hello()
+
+    def _retry_hello(self, now: float) -> None:
+        """Nobody answered (or nobody is known): reconnect, say hello again, back off."""
+        recent = self.latest is not None and now - self._latest_at <= LOST_AFTER_BEATS * self.beat
+        url = self.latest.broker if recent and self.latest else next(self._orchestrators).broker_url
+        if self._hello_at is not None:
+            self._backoff = min(self._backoff * 2, HELLO_BACKOFF[1])
+            log.debug("no answer to hello; trying %s (next retry in %.2fs)", url, self._backoff)
+        self._connect(url)
+        self._hello()
+
+    def _connect(self, url: str) -> None:
+        if self.dealer is not None:
+            self.poller.unregister(self.dealer)
+            self.dealer.close(0)
+        self.dealer = transport.dealer(self.ctx, url, identity=self.name.encode())
+        self.broker_url = url
+        self.poller.register(self.dealer, zmq.POLLIN)
+
+    def _hello(self) -> None:
+        self._hello_at = self.clock()
+        self._send(Hello(drone=self.name, cores=self.dc.cores, slots=self.dc.slots, builder=self.builder.name,
+                         running=self._pairs(BUILDING), uploads=self._pairs(UPLOADING)))
+
+    def _lose_leader(self) -> None:
+        """Stop talking to the old leader: uploads in flight stop, everything waits for a Welcome."""
+        if self.welcomed:
+            self._lost_since = self.clock()
+        self.welcomed, self._hello_at, self._artifacts = False, None, None
+        self._generation = self.uploader.retarget(None)
+        for job in self.jobs.values():
+            job.upload_id, job.resend_at = "", None
+
+    def _on_welcome(self, msg: Welcome) -> None:
+        same = self.following == (msg.leader, msg.term) and self._artifacts == msg.artifacts
+        again = self.welcomed and same
+        self.following, self.welcomed = (msg.leader, msg.term), True
+        self._backoff, self._next_beat = HELLO_BACKOFF[0], 0.0
+        log.info("welcomed by leader %s (term %d): adopt %d, drop %d", msg.leader, msg.term,
+                 len(msg.adopt), len(msg.drop))
+        for key, term in _pairs(msg.adopt):
+            if key in self.jobs:
+                self.jobs[key].term = term
+        for key in msg.drop:
+            if isinstance(key, str):
+                self._cancel(key, "dropped by the leader")
+        if not again:
+            self._artifacts = msg.artifacts
+            self._generation = self.uploader.retarget(msg.artifacts)
+            for job in list(self.jobs.values()):
+                self._report(job)
+
+    def _on_not_leader(self, msg: protocol.NotLeader) -> None:
+        if msg.broker is None:
+            self._lose_leader()
+            self._hello_at = self.clock()  # retry after the backoff
+        elif not (self._bye_sent and msg.broker == self.broker_url):
+            log.info("not the leader; going to %s at %s", msg.leader or "?", msg.broker)
+            self._follow(msg.leader, self.following[1], msg.broker)
+
+    # --- messages from the leader --------------------------------------------------------------
+    def _on_frame(self, parts: list[bytes]) -> None:
+        msg = _decode(parts[-1]) if parts else None
+        if msg is None:
+            return
+        self._last_heard = self.clock()
+        handler = self._handlers().get(type(msg))
+        if handler is None:
+            log.warning("unexpected %r message from the leader: dropped", msg.TYPE)
+        else:
+            handler(msg)
+
+    def _handlers(self) -> dict[type, Callable[[Any], None]]:
+        p = protocol
+        return {Welcome: self._on_welcome, p.NotLeader: self._on_not_leader, Job: self._on_job,
+                p.Cancel: lambda m: self._cancel(m.key, m.reason or "cancelled by the leader"),
+                p.Stored: self._on_stored, p.Rejected: self._on_rejected, p.Ack: self._on_ack,
+                Heartbeat: lambda m: None}
+
+    def _on_job(self, msg: Job) -> None:
+        if self._stopping:
+            self._send(Bye(drone=self.name, hand_back=[msg.key]))
+            return
+        old = self.jobs.get(msg.key)
+        if old is not None and old.state != FAILED:
+            old.term = msg.term  # delivered again (new leader, new term): one build is enough
+            return
+        if old is not None:
+            self._settle(old, "superseded by a new attempt")
+        if self._busy() >= self.dc.slots:
+            self._send(JobFailed(drone=self.name, key=msg.key, term=msg.term, error="no free slot"))
+            return
+        self._start(msg)
+
+    def _start(self, msg: Job) -> None:
+        job = _Job(msg.key, msg.cpv, msg.repo, msg.term, None, self.clock())
+        self.jobs[msg.key] = job
+        try:
+            split_cpv(msg.cpv)
+            check_repo(msg.repo)
+            job.workdir = self._make_workdir(msg.key)
+        except (InputError, OSError) as exc:
+            self._fail(job, f"cannot start the build: {exc}")
+            return
+        job.thread = threading.Thread(target=self._build, args=(job,), name=f"build-{msg.key}", daemon=True)
+        job.thread.start()
+        log.debug("job %s (attempt %d, term %d) started in %s", msg.key, msg.attempt, msg.term, job.workdir)
+
+    def _make_workdir(self, key: str) -> Path:
+        """A fresh directory named by us: the key only lends a readable, sanitized prefix."""
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", key)[:64].strip("._-") or "job"
+        while True:
+            path = self.work_dir / f"{safe}-{next(self._counter)}"
+            try:
+                path.mkdir(parents=True)
+                return path
+            except FileExistsError:
+                continue
+
+    def _build(self, job: _Job) -> None:
+        """Worker thread: run the builder; whatever happens, the loop hears about it."""
+        assert job.workdir is not None
+        try:
+            result = self.builder.build(job.cpv, job.repo, job.workdir, job.cancel)
+        except Exception as exc:  # noqa: BLE001 - a builder bug must not lose the job
+            log.exception("builder crashed on %s", job.key)
+            result = BuildResult(ok=False, path=None, error=f"builder crashed: {exc!r}", seconds=0.0)
+        self._post(lambda: self._on_built(job, result))
+
+    def _on_built(self, job: _Job, result: BuildResult) -> None:
+        if job in self.dying:
+            self.dying.remove(job)
+            _remove(job.workdir)
+        elif self.jobs.get(job.key) is job and result.ok and result.path is not None:
+            job.state, job.path = UPLOADING, result.path
+            log.debug("job %s built in %.2fs", job.key, result.seconds)
+            self._report(job)
+        elif self.jobs.get(job.key) is job:
+            self._fail(job, result.error or "the build failed without saying why")
+
+    def _on_stored(self, msg: protocol.Stored) -> None:
+        job = self.jobs.get(msg.key)
+        if job is not None and job.state == UPLOADING:
+            self._settle(job, f"stored (sha256 {msg.sha256[:12]})")
+
+    def _on_rejected(self, msg: protocol.Rejected) -> None:
+        job = self.jobs.get(msg.key)
+        if job is None or job.state != UPLOADING:
+            return
+        again = ", sending again" if msg.retry else ""
+        log.warning("upload of %s rejected (%s)%s", msg.key, msg.reason, again)
+        if not msg.retry:
+            self._settle(job, f"rejected: {msg.reason}")
+        elif job.rejections < MAX_UPLOAD_RETRIES:
+            job.rejections += 1
+            self._report(job)
+        else:
+            self._fail(job, f"upload rejected {job.rejections + 1} times: {msg.reason}")
+
+    def _on_ack(self, msg: protocol.Ack) -> None:
+        job = self.jobs.get(msg.key)
+        if msg.kind == "failed" and job is not None and job.state == FAILED:
+            self._settle(job, "failed")
+        elif msg.kind == "handback":
+            self._handback_wait.discard(msg.key)
+
+    def _cancel(self, key: str, reason: str) -> None:
+        job = self.jobs.pop(key, None)
+        if job is None:
+            return
+        job.cancel.set()
+        if job.state == BUILDING and job.thread is not None:
+            self.dying.append(job)  # its files go when the build has stopped writing them
+        else:
+            _remove(job.workdir)
+        self._ended(job, f"cancelled ({reason})")
+
+    # --- reporting results ---------------------------------------------------------------------
+    def _fail(self, job: _Job, error: str) -> None:
+        if len(error) > MAX_ERROR:
+            error = error[: MAX_ERROR // 4] + "\n[...]\n" + error[-MAX_ERROR // 2:]
+        job.state, job.error = FAILED, error
+        self._report(job)
+
+    def _report(self, job: _Job) -> None:
+        """Send (or send again) what the leader must acknowledge: the artifact or the failure."""
+        job.resend_at = None
+        if not self.welcomed:
+            return  # sent once a leader welcomes us
+        if job.state == FAILED:
+            self._send(JobFailed(drone=self.name, key=job.key, term=job.term, error=job.error))
+            job.resend_at = self.clock() + ANSWER_TIMEOUT
+        elif job.state == UPLOADING and job.path is not None:
+            job.upload_id = uuid.uuid4().hex
+            task = _Upload(job.key, job.term, job.path, job.upload_id, self._generation, job.cancel)
+            self.uploader.submit(task)
+
+    def _upload_report(self, key: str, upload_id: str, outcome: str, detail: str) -> None:
+        """Called on the upload thread: hand the outcome to the loop."""
+        self._post(lambda: self._on_upload(key, upload_id, outcome, detail))
+
+    def _on_upload(self, key: str, upload_id: str, outcome: str, detail: str) -> None:
+        job = self.jobs.get(key)
+        if job is None or job.state != UPLOADING or job.upload_id != upload_id or outcome == "aborted":
+            return
+        if outcome == "sent":
+            job.resend_at = self.clock() + ANSWER_TIMEOUT
+        elif outcome == "stalled":
+            log.warning("upload of %s stalled (%s); trying again", key, detail)
+            job.resend_at = self.clock() + self.beat
+        else:
+            self._fail(job, f"cannot upload the artifact: {detail}")
+
+    def _settle(self, job: _Job, outcome: str) -> None:
+        self.jobs.pop(job.key, None)
+        _remove(job.workdir)
+        self._ended(job, outcome)
+
+    def _ended(self, job: _Job, outcome: str) -> None:
+        self.settled += 1
+        first = job.error.splitlines()[0] if job.state == FAILED and job.error else ""
+        log.info("job %s %s after %.2fs%s", job.key, outcome, self.clock() - job.started,
+                 f": {first}" if first else "")
+
+    def _send(self, msg: protocol.Message) -> None:
+        if self.dealer is None:
+            return
+        try:
+            self.dealer.send(protocol.encode(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            log.warning("could not send %s to %s: queue full", msg.TYPE, self.broker_url)
+
+    def _busy(self) -> int:
+        return len(self._pairs(BUILDING)) + len(self.dying)
+
+    def _pairs(self, *states: str) -> list[list]:
+        return [job.pair for job in self.jobs.values() if job.state in states]
+
+    # --- stopping ------------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Take no new jobs, let builds finish within a lease, hand back the rest, finish the
+        uploads the leader can still take. Never deletes an artifact that was not stored."""
+        self._stopping = True
+        self._wait(lambda: not self._pairs(BUILDING), self.config.queue.lease_seconds)
+        running = [job.key for job in self.jobs.values() if job.state == BUILDING]
+        for key in running:
+            self._cancel(key, "drone stopping")
+        if running:
+            self._bye(running)
+            self._wait(lambda: not self._handback_wait, HANDBACK_WAIT)
+        self._wait(self._drained, STOP_DRAIN_SECONDS)
+        if self.jobs or not self._bye_sent:
+            self._bye(list(self.jobs))  # what is left goes back to the queue: no attempt lost
+        for job in self.jobs.values():
+            if job.state == UPLOADING:
+                log.warning("job %s: artifact kept at %s (never stored)", job.key, job.path)
+
+    def _bye(self, keys: list[str]) -> None:
+        self._send(Bye(drone=self.name, hand_back=keys))
+        self._bye_sent = True
+        self._handback_wait.update(keys)
+
+    def _wait(self, done: Callable[[], bool], seconds: float) -> None:
+        deadline = self.clock() + seconds
+        while not done() and self.clock() < deadline and self._graceful:
+            self.step(0.05)
+
+    def _drained(self) -> bool:
+        gone = not self.welcomed and self.clock() - self._lost_since > LOST_AFTER_BEATS * self.beat
+        return not self.jobs or gone
+
+    def close(self) -> None:
+        """Release sockets and threads; cancelled builds get JOIN_SECONDS to die."""
+        if self._closed:
+            return
+        self._closed = True
+        for job in [j for j in self.jobs.values() if j.state == BUILDING]:
+            self._cancel(job.key, "drone closing")
+        deadline = time.monotonic() + JOIN_SECONDS
+        for job in self.dying:
+            if job.thread is not None:
+                job.thread.join(max(0.0, deadline - time.monotonic()))
+            if job.thread is None or not job.thread.is_alive():
+                _remove(job.workdir)
+        self.uploader.close()
+        for sock in (self.dealer, self.sub):
+            if sock is not None:
+                sock.close(0)
+        self.ctx.term()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+
+def _decode(frame: bytes) -> protocol.Message | None:
+    try:
+        return protocol.decode(frame)
+    except ProtocolError as exc:
+        log.warning("dropped a bad frame: %s", exc)
+        return None
+
+
+def _pairs(raw: Any) -> list[tuple[str, int]]:
+    items = raw if isinstance(raw, list) else []
+    return [(i[0], i[1]) for i in items
+            if isinstance(i, list) and len(i) == 2 and isinstance(i[0], str) and isinstance(i[1], int)]
+
+
+def _remove(path: Path | None) -> None:
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def run_drone(config: NodeConfig, once: bool = False) -> None:
+    """Blocking entry point for `swarmmesh drone`: SIGTERM stops gracefully, a second one at once."""
+    drone = Drone(config)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("signal %d: stopping%s", signum, "" if not drone.stop_requested else " now")
+        drone.stop(graceful=True)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    drone.run(once=once)
