@@ -1,0 +1,479 @@
+"""The `swarmmesh` command line: node roles, client commands and local cluster management.
+
+Commands stay thin: they parse options, call one function of the module that does the
+work, and print. The working modules are imported inside the commands, so `--help` stays
+fast and a role whose module is missing or broken does not break the other commands.
+
+Every `SwarmError` becomes one line on stderr and an exit code from `EXIT_CODES`, so scripts
+can tell bad input (2) from a refusal (3) from an unavailable cluster (1) without parsing text.
+"""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import json
+import logging
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from swarmmesh import errors, logs
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GATEWAY = "http://127.0.0.1:8090"
+
+#: Exit codes by error class; the first matching entry wins, any other SwarmError exits 1.
+#: Usage errors exit 2 too (click's own convention).
+EXIT_CODES: tuple[tuple[type[errors.SwarmError], int], ...] = (
+    (errors.InputError, 2),
+    (errors.ConfigError, 2),
+    (errors.RefusedError, 3),
+)
+
+#: Old `swarm-coordinator` commands: (arguments, the swarmmesh command that replaces it, summary).
+COORDINATOR_COMMANDS = {
+    "init-from-list": ("FILE", "submit", "queue the packages listed in FILE"),
+    "status": ("", "status", "show the leader, the orchestrators and the counts"),
+    "balance": ("", "balance", "take jobs back from busy drones for idle ones"),
+    "finalize": ("[--force]", "finalize", "release the received packages"),
+    "unblock": ("[CPV...]", "unblock", "requeue failed packages, release grounded drones"),
+}
+
+COUNT_KEYS = ("needed", "delegated", "received", "failed")
+
+
+def exit_code(exc: errors.SwarmError) -> int:
+    """The process exit code for an expected error."""
+    return next((code for cls, code in EXIT_CODES if isinstance(exc, cls)), 1)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _report(exc: errors.SwarmError) -> None:
+    """Print an expected error as one line; a bad submission first lists every bad line."""
+    message = _one_line(str(exc)) or type(exc).__name__
+    if isinstance(exc, errors.BadAtomsError):
+        for number, text, why in exc.bad_lines:
+            click.echo(f"line {number}: {text!r} ({why})", err=True)
+        message = (f"{len(exc.bad_lines)} invalid line(s) listed above, nothing was queued; "
+                   "fix or remove them and submit again")
+    click.echo(f"swarmmesh: error: {message}", err=True)
+
+
+class _SwarmGroup(click.Group):
+    """A command group that turns expected errors into a message and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except errors.SwarmError as exc:
+            log.debug("command failed", exc_info=True)
+            _report(exc)
+            ctx.exit(exit_code(exc))
+
+
+@click.group(cls=_SwarmGroup)
+@click.option("--log-level", type=click.Choice(logs.LEVELS, case_sensitive=False), default=None,
+              metavar="LEVEL", help="debug, info, warning, error or critical "
+              "(default: the config's log_level for nodes, warning for client commands).")
+@click.pass_context
+def cli(ctx: click.Context, log_level: str | None) -> None:
+    """swarmmesh: a distributed, fault-tolerant binary-package build system for Gentoo."""
+    ctx.ensure_object(dict)["log_level"] = log_level
+
+
+def _log_level(default: str) -> str:
+    obj = click.get_current_context().find_root().obj or {}
+    return obj.get("log_level") or default
+
+
+# --- node roles -------------------------------------------------------------------------
+
+def _config_option(required: bool) -> Callable:
+    return click.option("--config", "config_path", metavar="FILE", envvar="SWARMMESH_CONFIG",
+                        required=required, help="Node config file (TOML); env SWARMMESH_CONFIG.")
+
+
+def _load_config(path: str | None) -> Any:
+    from swarmmesh.config import load_config
+
+    return load_config(path)
+
+
+def _load_role_config(path: str, role: str) -> Any:
+    """Load a node config and refuse to start it under the wrong role."""
+    logs.configure(_log_level("warning"))  # until the config names the node and its level
+    config = _load_config(path)
+    if config.role != role:
+        raise errors.ConfigError(
+            f'{path} is a {config.role} config (role = "{config.role}"); '
+            f"start it with `swarmmesh {config.role} --config {path}`")
+    return config
+
+
+def _run_node(config: Any, run: Callable[[], None]) -> None:
+    logs.configure(_log_level(config.log_level), node=config.name)
+    log.info("starting %s %s", config.role, config.name)
+    try:
+        run()
+    except KeyboardInterrupt:
+        log.info("interrupted, %s %s stopped", config.role, config.name)
+        raise click.exceptions.Exit(130) from None
+
+
+@cli.command()
+@_config_option(required=True)
+def orchestrator(config_path: str) -> None:
+    """Run an orchestrator node.
+
+    Orchestrators hold the replicated queue; the leader dispatches jobs; all serve the binhost.
+    """
+    config = _load_role_config(config_path, "orchestrator")
+    from swarmmesh.orchestrator import run_orchestrator
+
+    _run_node(config, lambda: run_orchestrator(config))
+
+
+@cli.command()
+@_config_option(required=True)
+def gateway(config_path: str) -> None:
+    """Run a gateway node, the stateless HTTP front of the cluster."""
+    config = _load_role_config(config_path, "gateway")
+    from swarmmesh.gateway import run_gateway
+
+    _run_node(config, lambda: run_gateway(config))
+
+
+@cli.command()
+@_config_option(required=True)
+@click.option("--once", is_flag=True, help="Build at most one job, then exit (for tests).")
+def drone(config_path: str, once: bool) -> None:
+    """Run a drone node, which builds packages for the leader."""
+    config = _load_role_config(config_path, "drone")
+    try:
+        from swarmmesh.drone import run_drone
+    except ImportError as exc:
+        if not (exc.name or "").startswith("swarmmesh"):
+            raise  # a missing third-party dependency is an installation bug: show it whole
+        detail = "" if exc.name == "swarmmesh.drone" else f" ({exc})"
+        raise errors.SwarmError(f"the drone role is not available in this version{detail}") from None
+    _run_node(config, lambda: run_drone(config, once=once))
+
+
+# --- client commands --------------------------------------------------------------------
+
+def _gateway_url(gateway: str | None, config_path: str | None) -> str:
+    """--gateway / SWARMMESH_GATEWAY, else the gateway named by the node config, else the default."""
+    if gateway:
+        return gateway
+    if config_path:
+        return _load_config(config_path).gateway.url
+    return DEFAULT_GATEWAY
+
+
+def client_command(fn: Callable) -> click.Command:
+    """Register `fn(api, **options)` as a command that talks to a gateway.
+
+    Adds --gateway and --config, configures logging and hands `fn` a ready GatewayClient.
+    """
+    @click.option("--gateway", metavar="URL", envvar="SWARMMESH_GATEWAY",
+                  help=f"Gateway URL; env SWARMMESH_GATEWAY (else from --config, else {DEFAULT_GATEWAY}).")
+    @_config_option(required=False)
+    @functools.wraps(fn)
+    def command(gateway: str | None, config_path: str | None, **options: Any) -> None:
+        logs.configure(_log_level("warning"))
+        from swarmmesh.api import GatewayClient
+
+        fn(GatewayClient(_gateway_url(gateway, config_path)), **options)
+
+    return cli.command()(command)
+
+
+def _default_client() -> str:
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _read(file: str) -> bytes:
+    if file == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(file).read_bytes()
+    except OSError as exc:
+        raise errors.InputError(f"cannot read {file}: {exc.strerror}; check the path and its permissions") \
+            from None
+
+
+def _decode(data: bytes, name: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise errors.InputError(
+            f"{name} is not UTF-8 text (invalid byte at offset {exc.start}); "
+            "submit a plain-text list of atoms, one per line") from None
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+def _echo_result(title: str, result: Any) -> None:
+    """Print a gateway reply whose exact keys this CLI does not need to know."""
+    if not isinstance(result, dict):
+        click.echo(f"{title}: {result}")
+        return
+    click.echo(f"{title}: {result.get('message', 'done')}")
+    for key, value in result.items():
+        if key != "message":
+            click.echo(f"  {key}: {value}")
+
+
+@client_command
+@click.argument("file", default="-", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option("--client", "client_name", metavar="NAME", help="Batch owner (default: user@host).")
+def submit(api: Any, file: str, client_name: str | None) -> None:
+    """Queue the packages listed in FILE (default -: stdin).
+
+    FILE holds atoms, one per line, or the output of `emerge -p`. The batch is rejected whole
+    if any line is not an atom.
+    """
+    text = _decode(_read(file), "stdin" if file == "-" else file)
+    reply = api.submit_text(text, client=client_name or _default_client())
+    click.echo(f"queued batch {reply['batch']}: {reply['count']} packages ({reply['new']} new)")
+
+
+def _age(last_seen: Any, now: float) -> str:
+    """Render `last_seen` (an epoch time or an age in seconds) as an age."""
+    if last_seen is None:
+        return "never"
+    if not isinstance(last_seen, int | float):
+        return str(last_seen)
+    age = now - last_seen if last_seen > 1e9 else last_seen
+    return f"{max(age, 0.0):.1f}s ago"
+
+
+def _health(status: dict) -> tuple[bool, str]:
+    """Whether the cluster can serve (a leader and a healthy majority), said in one line."""
+    nodes = status.get("orchestrators") or []
+    healthy = sum(1 for node in nodes if node.get("healthy"))
+    if status.get("leader") is None:
+        return False, f"unhealthy: no leader is known ({healthy} of {len(nodes)} orchestrators healthy)"
+    if healthy * 2 <= len(nodes):
+        return False, (f"unhealthy: only {healthy} of {len(nodes)} orchestrators are healthy; "
+                       f"a majority ({len(nodes) // 2 + 1}) is needed")
+    return True, f"ok: leader {status['leader']} (term {status.get('term')}), {healthy}/{len(nodes)} healthy"
+
+
+def _echo_status(status: dict) -> None:
+    click.echo(f"leader:  {status.get('leader') or '(none)'}  (term {status.get('term')})")
+    click.echo(f"binhost: {status.get('binhost') or '(none)'}")
+    nodes = status.get("orchestrators") or []
+    click.echo(f"orchestrators ({len(nodes)}):")
+    now = time.time()
+    for node in nodes:
+        health = "healthy" if node.get("healthy") else "UNHEALTHY"
+        click.echo(f"  {node.get('name', '?'):<16} {node.get('role') or '?':<10} {health:<10} "
+                   f"last seen {_age(node.get('last_seen'), now)}")
+    click.echo(_counts_line(status.get("counts")))
+
+
+def _counts_line(counts: dict | None) -> str:
+    if counts is None:
+        return "packages: unknown (no leader)"
+    parts = [f"{key} {counts.get(key, 0)}" for key in (*COUNT_KEYS, "total")]
+    return f"packages: {', '.join(parts)}"
+
+
+@client_command
+@click.option("--json", "as_json", is_flag=True, help="Print the gateway's status JSON unchanged.")
+@click.option("--check", is_flag=True,
+              help="Exit 0 if a leader is known and a majority of orchestrators is healthy, else 1.")
+def status(api: Any, as_json: bool, check: bool) -> None:
+    """Show the leader, the orchestrators and the package counts."""
+    data = api.status()
+    if as_json:
+        _echo_json(data)
+    elif not check:
+        _echo_status(data)
+    if check:
+        healthy, verdict = _health(data)
+        if not (healthy and as_json):  # with --json, stdout stays pure JSON: problems go to stderr
+            click.echo(verdict, err=as_json)
+        if not healthy:
+            raise click.exceptions.Exit(1)
+
+
+@client_command
+@click.option("--force", is_flag=True, help="Release even if packages are still needed, delegated or failed.")
+def finalize(api: Any, force: bool) -> None:
+    """Release the received packages to the production binhost."""
+    _echo_result("finalize", api.finalize(force=force))
+
+
+@client_command
+def balance(api: Any) -> None:
+    """Take jobs back from busy drones so idle drones can build them."""
+    _echo_result("balance", api.balance())
+
+
+@client_command
+@click.argument("cpvs", nargs=-1, metavar="[CPV]...")
+def unblock(api: Any, cpvs: tuple[str, ...]) -> None:
+    """Requeue failed packages and release grounded drones.
+
+    Without CPVs: every failed package and every grounded drone.
+    """
+    _echo_result("unblock", api.unblock(list(cpvs) or None))
+
+
+@client_command
+@click.option("--yes", is_flag=True, help="Confirm: this empties the queue.")
+def reset(api: Any, yes: bool) -> None:
+    """Empty the build queue on every orchestrator."""
+    if not yes:
+        raise errors.InputError("reset empties the whole build queue; pass --yes to confirm")
+    _echo_result("reset", api.reset())
+
+
+@client_command
+def binhost(api: Any) -> None:
+    """Print a healthy orchestrator's binhost URL (for binrepos.conf)."""
+    click.echo(api.binhost())
+
+
+def _packages(data: dict) -> Iterable[tuple[str, dict]]:
+    """The queue's packages as (key, entry), whether the gateway sent a list or a mapping."""
+    packages = data.get("packages") or []
+    if isinstance(packages, dict):
+        return packages.items()
+    return ((str(p.get("cpv") or p.get("key") or "?"), p) for p in packages)
+
+
+@client_command
+@click.option("--json", "as_json", is_flag=True, help="Print the gateway's queue JSON unchanged.")
+def swarm(api: Any, as_json: bool) -> None:
+    """Show the build queue: counts, then one line per package."""
+    data = api.swarm()
+    if as_json:
+        _echo_json(data)
+        return
+    click.echo(_counts_line(data.get("counts")))
+    for key, entry in _packages(data):
+        error = _one_line(str(entry.get("error") or "-"))
+        click.echo(f"  {entry.get('state', '?'):<10} {key:<40} drone {entry.get('drone') or '-':<16} "
+                   f"attempts {entry.get('attempts', 0)}  error {error}")
+
+
+# --- local clusters ---------------------------------------------------------------------
+
+@cli.group()
+def cluster() -> None:
+    """Create, start and stop a cluster on this machine."""
+
+
+_EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+_node_option = click.option("--node", "nodes", multiple=True, metavar="NAME",
+                            help="Only this node (repeatable; default: all).")
+
+
+@cluster.command("init")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--orchestrators", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--drones", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option("--base-port", type=click.IntRange(0, 65535), default=7100, show_default=True,
+              help="First port to use; 0 asks the kernel for free ports.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address every node binds.")
+def cluster_init(directory: Path, orchestrators: int, drones: int, base_port: int, host: str) -> None:
+    """Write one config file per node (and a gateway's) into DIRECTORY."""
+    from swarmmesh import cluster as local
+
+    for path in local.init_cluster(directory, orchestrators=orchestrators, drones=drones,
+                                   base_port=base_port, host=host):
+        click.echo(f"wrote {path}")
+
+
+@cluster.command("up")
+@click.argument("directory", type=_EXISTING_DIR)
+@_node_option
+@click.option("--no-wait", is_flag=True, help="Do not wait for the nodes to report ready.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=30.0, show_default=True, metavar="S")
+def cluster_up(directory: Path, nodes: tuple[str, ...], no_wait: bool, timeout: float) -> None:
+    """Start the nodes of DIRECTORY in the background."""
+    from swarmmesh import cluster as local
+
+    for node in local.up(directory, nodes=list(nodes) or None, wait=not no_wait, timeout=timeout):
+        click.echo(f"started {node.name} ({node.role}, pid {node.pid}), log {node.log}")
+
+
+@cluster.command("down")
+@click.argument("directory", type=_EXISTING_DIR)
+@_node_option
+@click.option("--kill", is_flag=True, help="SIGKILL instead of a clean shutdown.")
+def cluster_down(directory: Path, nodes: tuple[str, ...], kill: bool) -> None:
+    """Stop the nodes of DIRECTORY."""
+    from swarmmesh import cluster as local
+
+    for node in local.down(directory, nodes=list(nodes) or None, kill=kill):
+        click.echo(f"stopped {node.name} ({node.role}, pid {node.pid})")
+
+
+def _node_dict(node: Any) -> dict:
+    return {"name": node.name, "role": node.role, "config": str(node.config), "pid": node.pid,
+            "alive": bool(node.alive), "log": str(node.log)}
+
+
+@cluster.command("status")
+@click.argument("directory", type=_EXISTING_DIR)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per node, in a list.")
+def cluster_status(directory: Path, as_json: bool) -> None:
+    """Show which nodes of DIRECTORY are running."""
+    from swarmmesh import cluster as local
+
+    nodes = [_node_dict(node) for node in local.status(directory)]
+    if as_json:
+        _echo_json(nodes)
+        return
+    for node in nodes:
+        state = f"running (pid {node['pid']})" if node["alive"] else "stopped"
+        click.echo(f"{node['name']:<16} {node['role']:<13} {state:<20} {node['log']}")
+
+
+# --- entry points -----------------------------------------------------------------------
+
+def main(args: list[str] | None = None) -> None:
+    """Console-script entry (`swarmmesh`); exits the process with the command's code."""
+    cli.main(args=args, prog_name="swarmmesh")
+
+
+COORDINATOR_USAGE = "\n".join([
+    "Usage: swarm-coordinator COMMAND [ARGS]...", "",
+    "  The commands of the old build swarm, run by swarmmesh.", "", "Commands:",
+    *(f"  {f'{old} {args}':<22} {summary:<49} (swarmmesh {new})"
+      for old, (args, new, summary) in COORDINATOR_COMMANDS.items()),
+    "", "The gateway is --gateway URL or env SWARMMESH_GATEWAY (see `swarmmesh submit --help`).", ""])
+
+
+def coordinator_main(args: list[str] | None = None) -> None:
+    """Entry point of `swarm-coordinator`: map an old command onto `main`."""
+    args = sys.argv[1:] if args is None else list(args)
+    if args[:1] in (["-h"], ["--help"]):
+        click.echo(COORDINATOR_USAGE, nl=False)
+        sys.exit(0)
+    command = COORDINATOR_COMMANDS[args[0]][1] if args and args[0] in COORDINATOR_COMMANDS else None
+    if command is None or (command == "submit" and len(args) < 2):
+        problem = f"unknown command {args[0]!r}" if args and command is None else "missing command or FILE"
+        click.echo(f"{COORDINATOR_USAGE}\nswarm-coordinator: error: {problem}", err=True)
+        sys.exit(2)
+    main([command, *args[1:]])

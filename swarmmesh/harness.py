@@ -1,0 +1,152 @@
+"""A local cluster driven from Python: for the demo, the benchmarks and the tests.
+
+It starts real node processes through `cluster.up` (the CLI's own path), talks to them the
+way users do (the gateway's HTTP API) or straight to an orchestrator's ROUTER, and kills
+them by pid. Every wait is a poll with a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import zmq
+
+from swarmmesh import cluster as clustermod
+from swarmmesh import protocol, transport
+from swarmmesh.api import GatewayClient
+from swarmmesh.config import NodeConfig, load_config
+from swarmmesh.errors import ClusterError
+
+T = TypeVar("T")
+
+#: Raft timing for loopback clusters: fast elections, a deposed leader steps down in 1.5 s.
+FAST_RAFT = {"election_min": 0.3, "election_max": 0.6, "append_period": 0.05,
+             "leader_fallback": 1.5, "connection_retry": 0.3, "connection_timeout": 1.0}
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.02) -> T:
+    """Poll until `predicate()` is truthy (exceptions count as "not yet"); raise at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - a node may still be starting
+            last = exc
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}"
+                               + (f" (last error: {last!r})" if last else ""))
+        time.sleep(interval)
+
+
+def ask(url: str, op: str, args: dict | None = None, timeout: float = 5.0) -> Any:
+    """One control request straight to an orchestrator's ROUTER (bypassing the gateway)."""
+    sock = transport.dealer(zmq.Context.instance(), url)
+    try:
+        req = protocol.Request(op=op, req_id=uuid.uuid4().hex, args=args or {})
+        sock.send(protocol.encode(req))
+        if not sock.poll(timeout * 1000):
+            raise ClusterError(f"{url} did not answer {op!r} within {timeout}s")
+        reply = protocol.decode(sock.recv())
+        if not isinstance(reply, protocol.Reply) or reply.req_id != req.req_id:
+            raise ClusterError(f"{url} answered {op!r} with an unexpected message")
+        if not reply.ok:
+            raise ClusterError(f"{op} failed on {url}: {reply.code}: {reply.error}")
+        return reply.result
+    finally:
+        sock.close(0)
+
+
+def alive(pid: int) -> bool:
+    """Running and not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+class LocalCluster:
+    """A loopback cluster in `directory` (configs written by `cluster.init_cluster`)."""
+
+    def __init__(self, directory: Path, orchestrators: int = 3, drones: int = 0, **overrides: Any) -> None:
+        self.dir = Path(directory)
+        overrides.setdefault("raft_overrides", FAST_RAFT)
+        clustermod.init_cluster(self.dir, orchestrators=orchestrators, drones=drones, base_port=0, **overrides)
+        self.configs: dict[str, NodeConfig] = {p.stem: load_config(p) for p in sorted(self.dir.glob("*.toml"))}
+        self.orchestrators = [n for n, c in self.configs.items() if c.role == "orchestrator"]
+        self.drones = [n for n, c in self.configs.items() if c.role == "drone"]
+        self.gateway_url = self.configs["gateway"].gateway.url
+        self.api = GatewayClient(self.gateway_url, timeout=10.0)
+
+    # --- processes -----------------------------------------------------------------------
+    def up(self, *nodes: str, timeout: float = 60.0) -> None:
+        clustermod.up(self.dir, nodes=list(nodes) or None, wait=True, timeout=timeout)
+
+    def down(self) -> None:
+        clustermod.down(self.dir, kill=True, timeout=10)
+
+    def pid(self, name: str) -> int | None:
+        return clustermod.node_pid(self.dir, name)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> int:
+        """Signal a node; for SIGKILL, wait until the process is gone."""
+        pid = self.pid(name)
+        if pid is None:
+            raise ClusterError(f"{name} is not running")
+        os.kill(pid, sig)
+        if sig == signal.SIGKILL:
+            wait_until(lambda: not alive(pid), 10, f"{name} (pid {pid}) to die")
+        return pid
+
+    def rss_mib(self, name: str) -> tuple[float, float]:
+        """(current, peak) resident memory of a node, from /proc."""
+        fields = {}
+        with open(f"/proc/{self.pid(name)}/status") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                fields[key] = value.split()
+        return int(fields["VmRSS"][0]) / 1024, int(fields["VmHWM"][0]) / 1024
+
+    def logs(self, lines: int = 200) -> str:
+        out = []
+        for log in sorted((self.dir / "logs").glob("*.log")):
+            text = log.read_text(errors="replace").splitlines()
+            out.append(f"===== {log.name} (last {lines} lines) =====\n" + "\n".join(text[-lines:]))
+        return "\n".join(out)
+
+    # --- views -----------------------------------------------------------------------------
+    def ask(self, name: str, op: str, args: dict | None = None, timeout: float = 5.0) -> Any:
+        return ask(self.configs[name].me().broker_url, op, args, timeout)
+
+    def leader(self, timeout: float = 10.0, exclude: str | None = None) -> str:
+        """The leader as the gateway reports it (and it is not `exclude`)."""
+
+        def found() -> str | None:
+            name = self.api.status()["leader"]
+            return name if name and name != exclude else None
+
+        return wait_until(found, timeout, f"a leader other than {exclude}")
+
+    def node_leader(self, candidates: list[str]) -> str | None:
+        """The orchestrator among `candidates` that says it leads (asked directly)."""
+        for name in candidates:
+            try:
+                if self.ask(name, "status", timeout=0.5)["role"] == "leader":
+                    return name
+            except ClusterError:
+                continue
+        return None
+
+    def converged(self, names: list[str] | None = None) -> str | None:
+        """The common queue fingerprint when every named orchestrator has applied the same state."""
+        prints = {self.ask(n, "status", timeout=2)["fingerprint"] for n in names or self.orchestrators}
+        return prints.pop() if len(prints) == 1 else None
