@@ -130,6 +130,7 @@ def raft_conf(config: NodeConfig) -> SyncObjConf:
         fullDumpFile=str(data / "raft.dump"),
         journalFile=str(data / "raft.journal"),
         commandsWaitLeader=False,
+        appendEntriesUseBatch=False,  # with batching each commit waits one append period (FACTS.md)
         dynamicMembershipChange=False,
         useFork=False,
         logCompactionMinEntries=20_000,
