@@ -66,3 +66,38 @@ def test_failover_catch_up_and_power_loss(make_cluster, tmp_path):
     assert data["leader"] in c.orchestrators and data["term"] >= 1
     assert set(data["counts"]) >= {"needed", "delegated", "received", "failed"}
     assert swarmmesh("status", "--check", "--gateway", c.gateway_url).returncode == 0
+
+
+def test_isolated_leader_steps_down_and_paused_leader_rejoins(make_cluster):
+    """A leader whose followers are frozen stops acting as leader within ~2 s; a leader that was
+    paused past the election timeout wakes up as a follower of the new term."""
+    import signal
+    import time
+
+    c = make_cluster()
+    leader = c.leader(timeout=20)
+    followers = [n for n in c.orchestrators if n != leader]
+    for name in followers:
+        c.kill(name, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        wait_until(lambda: c.ask(leader, "status", timeout=1)["role"] != "leader", 4,
+                   what="the cut-off leader to step down")
+        assert time.monotonic() - t0 < 3.0
+        with pytest.raises(Exception, match="not_leader|no_leader|leader"):
+            c.api.submit_packages(["=app-misc/while-cut-off-1.0"])
+    finally:
+        for name in followers:
+            c.kill(name, signal.SIGCONT)
+    leader = c.leader(timeout=10)
+
+    c.kill(leader, signal.SIGSTOP)
+    try:
+        new = c.leader(timeout=10, exclude=leader)
+        c.api.submit_packages(["=app-misc/during-pause-1.0"])
+    finally:
+        c.kill(leader, signal.SIGCONT)
+    wait_until(lambda: c.ask(leader, "status", timeout=1)["role"] == "follower", 10, what="the old leader to follow")
+    wait_until(c.converged, 10, what="the woken node to catch up")
+    assert c.ask(leader, "status")["leader"] == new
+    assert c.api.swarm()["counts"]["total"] == 1
