@@ -11,6 +11,7 @@ setup(
     license="GPL-2.0-or-later",
     python_requires=">=3.11",
     packages=find_packages(include=["swarmmesh", "swarmmesh.*"]),
+    package_data={"swarmmesh": ["data/*.txt"]},
     install_requires=[
         "pyzmq>=26.0",
         "msgpack>=1.0.5",

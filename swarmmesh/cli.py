@@ -450,6 +450,30 @@ def cluster_status(directory: Path, as_json: bool) -> None:
         click.echo(f"{node['name']:<16} {node['role']:<13} {state:<20} {node['log']}")
 
 
+@cli.command()
+@click.option("--keep", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep the cluster directory (configs, logs, data) here instead of a temp dir.")
+def demo(keep: Path | None) -> None:
+    """The main job: a real local cluster builds, survives its leader's SIGKILL, and releases."""
+    from swarmmesh.demo import run_demo
+
+    logs.configure(_log_level("warning"))
+    report = run_demo(click.echo, keep=keep)
+    click.echo("")
+    click.echo(f"{'check':<52} result")
+    for what, ok, detail in report.checks:
+        click.echo(f"{what:<52} {'ok' if ok else 'FAILED'}  {detail}")
+    click.echo("")
+    rows = [("packages submitted", report.packages), ("counts", report.counts),
+            ("leader killed", f"{report.killed} -> {report.new_leader} in {report.failover_seconds:.2f}s"),
+            ("release", report.release), ("binhost", report.binhost),
+            ("total time", f"{report.total_seconds:.1f}s")]
+    for name, value in rows:
+        click.echo(f"{name:<20} {value}")
+    if not report.ok:
+        raise click.exceptions.Exit(1)
+
+
 # --- entry points -----------------------------------------------------------------------
 
 def main(args: list[str] | None = None) -> None:
