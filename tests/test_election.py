@@ -1,0 +1,66 @@
+"""The PySyncObj shell: three in-process members commit, replicate and elect."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+import pytest
+
+from swarmmesh.cluster import init_cluster
+from swarmmesh.config import load_config
+from swarmmesh.election import Election, raft_conf
+from swarmmesh.errors import ConfigError
+from swarmmesh.harness import FAST_RAFT
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def members(tmp_path):
+    init_cluster(tmp_path, orchestrators=3, drones=0, base_port=0, raft_overrides=FAST_RAFT)
+    made = [Election(load_config(tmp_path / f"orch-{i}.toml")) for i in (1, 2, 3)]
+    yield made
+    for m in made:
+        m.close()
+
+
+def _leader(members):
+    leaders = [m for m in members if m.raft_is_leader()]
+    return leaders[0] if len(leaders) == 1 else None
+
+
+def test_commit_replicates_and_reports_through_callback(members):
+    leader = wait_until(lambda: _leader(members), 15, what="a Raft leader")
+    done = threading.Event()
+    results = []
+
+    def cb(result, err):
+        results.append((result, err))
+        done.set()
+
+    leader.commit("submit", "b-1", "test", [("a/b-1", "a/b-1", None)], None, 1.0, done=cb)
+    assert done.wait(10)
+    assert results[0][1] is None and results[0][0]["count"] == 1
+    wait_until(lambda: all(m.read(lambda q: q.counts()["total"]) == 1 for m in members), 10,
+               what="every member to apply")
+    assert len({m.read(lambda q: q.fingerprint()) for m in members}) == 1
+
+
+def test_leadership_needs_an_applied_claim(members):
+    leader = wait_until(lambda: _leader(members), 15, what="a Raft leader")
+    assert not leader.is_leader()  # Raft says leader, but no claim is committed yet
+    claimed = threading.Event()
+    leader.commit("note_leader", leader.term, leader.name, done=lambda r, e: claimed.set())
+    assert claimed.wait(10)
+    assert leader.is_leader()
+    assert all(not m.is_leader() for m in members if m is not leader)
+    wait_until(lambda: all(m.leader_name() == leader.name for m in members), 10, what="everyone to agree")
+
+
+def test_a_short_secret_is_refused(tmp_path):
+    init_cluster(tmp_path, orchestrators=1, drones=0, base_port=0)
+    config = load_config(tmp_path / "orch-1.toml")
+    with pytest.raises(ConfigError, match="secret"):
+        raft_conf(dataclasses.replace(config, secret="short"))
