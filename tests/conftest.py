@@ -3,32 +3,22 @@
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Callable
 from typing import TypeVar
 
 import pytest
 
+from swarmmesh import harness
+
 T = TypeVar("T")
 
 
 def wait_until(predicate: Callable[[], T], timeout: float, interval: float = 0.02, what: str = "") -> T:
-    """Poll `predicate` until it returns something truthy; fail the test at the deadline.
-
-    Exceptions from the predicate count as "not yet" (a node may still be starting)."""
-    deadline = time.monotonic() + timeout
-    last_exc: Exception | None = None
-    while True:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 - retried until the deadline
-            last_exc = exc
-        if time.monotonic() > deadline:
-            detail = f" (last error: {last_exc!r})" if last_exc else ""
-            pytest.fail(f"timed out after {timeout:.1f}s waiting for {what or predicate}{detail}")
-        time.sleep(interval)
+    """harness.wait_until, failing the test (not erroring) at the deadline."""
+    try:
+        return harness.wait_until(predicate, timeout, what or str(predicate), interval=interval)
+    except TimeoutError as exc:
+        pytest.fail(str(exc))
 
 
 def free_port() -> int:
