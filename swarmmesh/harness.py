@@ -53,7 +53,7 @@ def ask(url: str, op: str, args: dict | None = None, timeout: float = 5.0) -> An
     try:
         req = protocol.Request(op=op, req_id=uuid.uuid4().hex, args=args or {})
         sock.send(protocol.encode(req))
-        if not sock.poll(timeout * 1000):
+        if not sock.poll(int(timeout * 1000)):
             raise ClusterError(f"{url} did not answer {op!r} within {timeout}s")
         reply = protocol.decode(sock.recv())
         if not isinstance(reply, protocol.Reply) or reply.req_id != req.req_id:
@@ -130,9 +130,9 @@ class LocalCluster:
     def leader(self, timeout: float = 10.0, exclude: str | None = None) -> str:
         """The leader as the gateway reports it (and it is not `exclude`)."""
 
-        def found() -> str | None:
+        def found() -> str:
             name = self.api.status()["leader"]
-            return name if name and name != exclude else None
+            return name if name and name != exclude else ""
 
         return wait_until(found, timeout, f"a leader other than {exclude}")
 
@@ -146,7 +146,7 @@ class LocalCluster:
                 continue
         return None
 
-    def converged(self, names: list[str] | None = None) -> str | None:
+    def converged(self, names: list[str] | None = None) -> str:
         """The common queue fingerprint when every named orchestrator has applied the same state."""
         prints = {self.ask(n, "status", timeout=2)["fingerprint"] for n in names or self.orchestrators}
-        return prints.pop() if len(prints) == 1 else None
+        return prints.pop() if len(prints) == 1 else ""

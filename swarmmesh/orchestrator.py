@@ -91,6 +91,10 @@ class Orchestrator:
     def name(self) -> str:
         return self.config.name
 
+    def post(self, fn: Callable[[], None]) -> None:
+        """Run `fn` on the loop thread (components' worker threads must not touch sockets)."""
+        self._post(fn)
+
     def _post(self, fn: Callable[[], None]) -> None:
         self._inbox.append(fn)
         try:
@@ -107,7 +111,7 @@ class Orchestrator:
             comp.register(poller)
         self._announce_ready()
         while not self._stop:
-            ready = dict(poller.poll(TICK * 1000))
+            ready = dict(poller.poll(int(TICK * 1000)))
             if self.router in ready:
                 self._drain_router()
             if self._wake_r in ready:

@@ -268,8 +268,9 @@ def _build(body: dict) -> Message:
     return msg
 
 
-_SCALARS = {"str": str, "int": int, "bool": bool, "bytes": bytes, "float": (int, float),
-            "list": list, "dict": dict}
+_SCALARS: dict[str, type | tuple[type, ...]] = {
+    "str": str, "int": int, "bool": bool, "bytes": bytes, "float": (int, float), "list": list, "dict": dict,
+}
 
 
 def _check_types(msg: Message) -> None:
