@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from swarmmesh.harness import LocalCluster, wait_until
+from swarmmesh.harness import LocalCluster, exit_on_sigterm, wait_until
 
 
 def one_round(c: LocalCluster) -> tuple[str, str, float, float]:
@@ -35,6 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
+    exit_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="swarmmesh-bench-") as tmp:
         c = LocalCluster(Path(tmp) / "cluster", orchestrators=3, drones=0)
         c.up()

@@ -12,13 +12,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from swarmmesh.harness import LocalCluster, wait_until
+from swarmmesh.harness import LocalCluster, exit_on_sigterm, wait_until
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--packages", type=int, default=20_000)
     args = parser.parse_args()
+    exit_on_sigterm()
     atoms = [f"=app-misc/bench{i}-1.{i % 97}" for i in range(args.packages)]
     with tempfile.TemporaryDirectory(prefix="swarmmesh-bench-") as tmp:
         c = LocalCluster(Path(tmp) / "cluster", orchestrators=3, drones=0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -65,6 +66,12 @@ def ask(url: str, op: str, args: dict | None = None, timeout: float = 5.0) -> An
         sock.close(0)
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM (e.g. from `timeout`) into SystemExit so `finally`/`with` blocks stop the
+    cluster: node processes run in their own sessions and would otherwise outlive a killed script."""
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+
 def alive(pid: int) -> bool:
     """Running and not a zombie."""
     try:
@@ -86,6 +93,12 @@ class LocalCluster:
         self.drones = [n for n, c in self.configs.items() if c.role == "drone"]
         self.gateway_url = self.configs["gateway"].gateway.url
         self.api = GatewayClient(self.gateway_url, timeout=10.0)
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
 
     # --- processes -----------------------------------------------------------------------
     def up(self, *nodes: str, timeout: float = 60.0) -> None:
