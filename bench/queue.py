@@ -7,12 +7,18 @@ Target: committed in under 2 s, under 300 MB resident per orchestrator.
 
 from __future__ import annotations
 
-import argparse
-import tempfile
-import time
-from pathlib import Path
+import sys
 
-from swarmmesh.harness import LocalCluster, exit_on_sigterm, wait_until
+# This file's name shadows the standard library's `queue` for anything imported after it:
+# drop bench/ from the import path before importing the libraries that use `queue`.
+sys.path[:] = [p for p in sys.path if not p.endswith("bench")]
+
+import argparse  # noqa: E402 - after the sys.path fix above
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from swarmmesh.harness import LocalCluster, exit_on_sigterm, wait_until  # noqa: E402
 
 
 def main() -> None:
