@@ -85,6 +85,12 @@ class GatewayClient:
     def reset(self) -> dict:
         return self._call_json("POST", "/reset", {"confirm": True})
 
+    def releases(self) -> dict:
+        return self._call("GET", "/releases")
+
+    def rollback(self, release_id: str) -> dict:
+        return self._call_json("POST", "/rollback", {"release": release_id})
+
     # --- plumbing ----------------------------------------------------------------------
     def _call_json(self, method: str, path: str, body: dict) -> dict:
         return self._call(method, path, json.dumps(body).encode("utf-8"), "application/json")

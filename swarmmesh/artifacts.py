@@ -10,12 +10,14 @@ get `Stored` and delete its copy.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
 import re
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -35,6 +37,12 @@ MIN_ARTIFACT = 1024
 UPLOAD_IDLE_TIMEOUT = 60.0
 _UPLOAD_ID = re.compile(r"^[0-9a-f]{8,64}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+#: Uploads validated at once, off the socket loop: fsync and GPKG inspection of one upload
+#: must not stall dispatch and the other drones' uploads.
+FINISH_WORKERS = 4
+#: Up to this many uploads awaiting validation, an arrived trailer frees the drone's build slot
+#: at once (the build is over); beyond it, slots free only as commits land (backpressure).
+EARLY_SETTLE_BACKLOG = 32
 
 
 class Store:
@@ -116,6 +124,8 @@ class Receiver:
         self.store = Store(Path(node.config.data_dir) / "store")
         self.pull = transport.pull(node.ctx, transport.tcp_bind(me.host, me.artifacts_port))
         self.uploads: dict[str, Upload] = {}
+        self._pool = ThreadPoolExecutor(FINISH_WORKERS, thread_name_prefix="receive")
+        self._validating = 0
 
     # --- component protocol --------------------------------------------------------------
     def register(self, poller: zmq.Poller) -> None:
@@ -149,6 +159,7 @@ class Receiver:
 
     def close(self) -> None:
         self._drop_all("shutting down")
+        self._pool.shutdown(wait=True, cancel_futures=True)
         self.pull.close(0)
 
     # --- frames --------------------------------------------------------------------------
@@ -183,14 +194,38 @@ class Receiver:
             if up:
                 up.discard()
             return
-        try:
-            info = self._finish(up, tr)
-        except ArtifactError as exc:
-            self._reject(identity, tr, str(exc))
+        pkg = self.node.election.read(lambda q: q.get(tr.key))
+        if pkg is None or pkg.drone != tr.drone:
+            if up:
+                up.discard()
+            reason = "not in the queue" if pkg is None else f"not delegated to {tr.drone}"
+            log.warning("upload of %s from %s rejected: %s", tr.key, tr.drone, reason)
+            self.node.send(identity, protocol.Rejected(key=tr.key, reason=reason, retry=False))
             return
-        self._commit(identity, tr, info)
+        self._validating += 1
+        self._pool.submit(self._validate, identity, up, tr, pkg.cpv)
+        if self._validating <= EARLY_SETTLE_BACKLOG:
+            self.node.broker.settle(tr.drone, tr.key)
 
-    def _finish(self, up: Upload | None, tr: protocol.Trailer) -> gentoo.GpkgInfo:
+    def _validate(self, identity: bytes, up: Upload | None, tr: protocol.Trailer, cpv: str) -> None:
+        """Worker thread: the verdict goes back to the loop, which owns the sockets, and is
+        dropped there if this node stopped leading meanwhile."""
+        try:
+            info = self._finish(up, tr, cpv)
+            verdict = functools.partial(self._commit, identity, tr, info)
+        except ArtifactError as exc:
+            verdict = functools.partial(self._reject, identity, tr, str(exc))
+        except Exception as exc:  # the store's disk, or a bug: never leave an upload unanswered
+            log.exception("cannot store the upload of %s", tr.key)
+            verdict = functools.partial(self._reject, identity, tr, f"{TransferError.PREFIX}cannot store it: {exc}")
+        self.node.post(lambda: self._verdict(verdict))
+
+    def _verdict(self, verdict: Any) -> None:
+        self._validating -= 1
+        if self.node.is_leader():
+            verdict()
+
+    def _finish(self, up: Upload | None, tr: protocol.Trailer, cpv: str) -> gentoo.GpkgInfo:
         """Check the transfer, then the package; raise ArtifactError(retry?) on failure."""
         if up is None:
             raise TransferError("no data arrived for this upload (lost frames); send it again")
@@ -199,10 +234,7 @@ class Receiver:
             os.fsync(up.fh.fileno())
             up.fh.close()
             _check_transfer(up, tr)
-            pkg = self.node.election.read(lambda q: q.get(tr.key))
-            if pkg is None:
-                raise ArtifactError(f"{tr.key} is not in the queue")
-            info = gentoo.inspect_gpkg(up.path, expect_cpv=pkg.cpv)
+            info = gentoo.inspect_gpkg(up.path, expect_cpv=cpv)
             if info.sha256 != tr.sha256:
                 raise TransferError("sha256 changed while validating; send it again")
             self.store.put(up.path, info.sha256)

@@ -4,15 +4,18 @@ Only the leader runs it (a follower answers drones with `NotLeader`). Every dele
 failure and hand-back is committed before anyone acts on it: a `Job` goes out from the
 commit callback, never before. Drone liveness is an expiry time renewed by heartbeats
 (zguide Majordomo); a drone that goes silent for `lease_seconds` has its jobs put back to
-needed through the log. Messages carry the Raft term of the delegation; what a drone reports
-is reconciled against the log (queue.complete/fail check who holds the package), never
-applied blindly.
+needed through the log. A heartbeat renews the leases of exactly the jobs the drone says it
+holds, so a job the drone never got (a lost `Job`, a drone restarted under the same name)
+lapses instead of being renewed forever. Messages carry the Raft term of the delegation;
+what a drone reports is reconciled against the log (who holds the package), never applied
+blindly. Both clocks are injectable, so tests step time instead of sleeping.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +29,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXPIRE_PERIOD = 1.0
+MAX_ERROR = 8000
+
+Clock = Callable[[], float]
 
 
 @dataclass
@@ -36,8 +42,7 @@ class DroneSession:
     slots: int
     builder: str
     last_seen: float
-    lease_until: float = 0.0
-    running: set[str] = field(default_factory=set)   # committed delegations it holds
+    running: set[str] = field(default_factory=set)   # committed delegations it is building
     pending: set[str] = field(default_factory=set)   # delegations being committed
 
     @property
@@ -46,11 +51,15 @@ class DroneSession:
 
 
 class Broker:
-    """Component of an Orchestrator (see orchestrator.Orchestrator.components)."""
+    """Component of an Orchestrator (see orchestrator.Orchestrator.components).
 
-    def __init__(self, node: Orchestrator) -> None:
+    `clock` (monotonic) times drone silence; `wall` stamps lease deadlines, which are
+    replicated and so must mean the same on every orchestrator."""
+
+    def __init__(self, node: Orchestrator, clock: Clock = time.monotonic, wall: Clock = time.time) -> None:
         self.node = node
         self.policy = node.config.queue
+        self.clock, self.wall = clock, wall
         self.drones: dict[str, DroneSession] = {}
         self.inflight: set[str] = set()
         self._term: int | None = None
@@ -72,15 +81,20 @@ class Broker:
         return isinstance(msg, Hello | Heartbeat | JobFailed | Bye)
 
     def on_leadership(self, term: int | None) -> None:
-        """New term: forget sessions (drones re-Hello) and give them a lease's grace."""
+        """New term: forget sessions (drones re-Hello) and give them a lease's grace before
+        anything expires, so a failover alone never requeues a running build."""
         self._term = term
         self.drones.clear()
         self.inflight.clear()
-        self._grace_until = time.monotonic() + self.policy.lease_seconds
+        self._grace_until = self.clock() + self.policy.lease_seconds
 
     def handle(self, identity: bytes, msg: protocol.Message) -> None:
         if self._term is None:
             self.node.send(identity, self._not_leader())
+            return
+        drone = getattr(msg, "drone", "")
+        if identity != drone.encode():  # drones use their name as their socket identity
+            log.warning("rejected a %r message from %r claiming to be drone %r", msg.TYPE, identity, drone)
             return
         handler = {Hello: self._hello, Heartbeat: self._heartbeat, JobFailed: self._failed, Bye: self._bye}
         handler[type(msg)](identity, msg)
@@ -102,43 +116,55 @@ class Broker:
         addr = next((o for o in self.node.config.orchestrators if o.name == leader), None)
         return protocol.NotLeader(leader=leader, broker=addr.broker_url if addr else None)
 
+    def _say_hello(self, identity: bytes) -> None:
+        """A drone this leader has no session for: point it here, and it says hello."""
+        me = self.node.config.me()
+        self.node.send(identity, protocol.NotLeader(leader=self.node.name, broker=me.broker_url))
+
     def _hello(self, identity: bytes, msg: Hello) -> None:
         if not _valid_drone(msg):
             log.warning("rejected a hello from %r: bad name, cores or slots", identity)
             return
-        session = DroneSession(msg.drone, identity, msg.cores, msg.slots, msg.builder, time.monotonic())
+        session = DroneSession(msg.drone, identity, msg.cores, msg.slots, msg.builder, self.clock())
         self.drones[msg.drone] = session
-        adopt, drop, stored = self.node.election.read(lambda q: _reconcile(q, msg))
-        session.running.update(k for k, _ in adopt)
-        log.info("drone %s joined (%d cores, %d slots, %s): adopt %d, drop %d",
-                 msg.drone, msg.cores, msg.slots, msg.builder, len(adopt), len(drop))
+        adopt, drop, stored, resend = self.node.election.read(lambda q: _reconcile(q, msg))
+        session.running.update([k for k, _ in adopt] + [job.key for job in resend])
+        log.info("drone %s joined (%d cores, %d slots, %s): adopt %d, drop %d, resend %d",
+                 msg.drone, msg.cores, msg.slots, msg.builder, len(adopt), len(drop), len(resend))
         me = self.node.config.me()
         self.node.send(identity, protocol.Welcome(leader=self.node.name, term=self._term or 0,
                                                   artifacts=me.artifacts_url, staging=me.binhost_url,
                                                   adopt=adopt, drop=drop))
         for key, sha in stored:
             self.node.send(identity, protocol.Stored(key=key, sha256=sha))
+        for job in resend:  # committed to it, but it did not mention them: it never got them
+            self.node.send(identity, job)
         if adopt:
-            self._renew(session)
+            self._renew(session, [k for k, _ in adopt])
         self.dispatch()
 
     def _heartbeat(self, identity: bytes, msg: Heartbeat) -> None:
         session = self.drones.get(msg.drone)
         if session is None or session.identity != identity:
-            # unknown to this leader (e.g. it just took over): ask the drone to say hello here
-            me = self.node.config.me()
-            self.node.send(identity, protocol.NotLeader(leader=self.node.name, broker=me.broker_url))
+            self._say_hello(identity)  # e.g. this leader just took over
             return
-        session.last_seen = time.monotonic()
-        if session.lease_until - time.time() < self.policy.lease_seconds * 0.6:
-            self._renew(session)
+        session.last_seen = self.clock()
+        held = set(self.node.election.read(lambda q: q.delegated_to(msg.drone)))
+        session.running &= held  # leases that lapsed or were requeued free their slots
+        keys = [k for k, _ in _pairs(msg.running)]
+        if keys:
+            self._renew(session, keys)
 
     def _failed(self, identity: bytes, msg: JobFailed) -> None:
         session = self.drones.get(msg.drone)
         if session is not None:
             session.running.discard(msg.key)
-        error = msg.error[-8000:]
-        log.info("job %s failed on %s: %s", msg.key, msg.drone, error.splitlines()[-1:] or "")
+        if not self.node.election.read(lambda q: _held_by(q, msg.key, msg.drone)):
+            log.warning("failure report of %s from %s rejected: the job is not delegated to it", msg.key, msg.drone)
+            self.node.send(identity, protocol.Cancel(key=msg.key, reason="not delegated to you"))
+            return
+        error = msg.error[-MAX_ERROR:]
+        log.info("job %s failed on %s: %s", msg.key, msg.drone, (error.splitlines() or [""])[-1])
 
         def then(result: Any, err: str | None) -> None:
             if err is None:  # committed, whatever the verdict: the report is settled
@@ -147,35 +173,36 @@ class Broker:
                     log.warning("drone %s grounded after repeated failures; `swarmmesh unblock %s` "
                                 "lets it build again", msg.drone, msg.drone)
 
-        self.node.commit("fail", msg.key, msg.drone, msg.term, error, time.time(),
+        self.node.commit("fail", msg.key, msg.drone, msg.term, error, self.wall(),
                          self.policy.max_attempts, self.policy.ground_after, then=then)
 
     def _bye(self, identity: bytes, msg: Bye) -> None:
-        session = self.drones.pop(msg.drone, None)
+        self.drones.pop(msg.drone, None)
         keys = [k for k in msg.hand_back if isinstance(k, str)]
-        log.info("drone %s leaving, handing back %d job(s)", msg.drone, len(keys))
         held = self.node.election.read(lambda q: [k for k in keys if _held_by(q, k, msg.drone)])
+        log.info("drone %s leaving, handing back %d job(s) (%d held)", msg.drone, len(keys), len(held))
 
-        def then(result: Any, err: str | None) -> None:
+        def acknowledge(result: Any = None, err: str | None = None) -> None:
             if err is None:
                 for key in keys:
                     self.node.send(identity, protocol.Ack(key=key, kind="handback"))
 
-        if session is not None or held:
-            self.node.commit("requeue", held, f"handed back by {msg.drone}", time.time(), then=then)
+        if held:
+            self.node.commit("requeue", held, f"handed back by {msg.drone}", self.wall(), then=acknowledge)
+        else:
+            acknowledge()
 
     def settle(self, drone: str, key: str) -> None:
-        """A job ended (stored, or its artifact rejected): free the slot and refill it."""
+        """A build ended (its artifact arrived, or was rejected): free the slot and refill it."""
         session = self.drones.get(drone)
         if session is not None:
             session.running.discard(key)
         self.dispatch()
 
     # --- leases --------------------------------------------------------------------------
-    def _renew(self, session: DroneSession) -> None:
-        deadline = time.time() + self.policy.lease_seconds
-        session.lease_until = deadline
-        self.node.commit("renew", session.name, self._term or 0, deadline, None)
+    def _renew(self, session: DroneSession, keys: list[str]) -> None:
+        deadline = self.wall() + self.policy.lease_seconds
+        self.node.commit("renew", session.name, self._term or 0, deadline, keys)
 
     def _beat(self) -> None:
         for session in list(self.drones.values()):
@@ -183,13 +210,13 @@ class Broker:
 
     def _reap(self, now: float) -> None:
         """Drones silent for a lease lose their jobs; stray leases (drones that never came
-        back after a failover) expire through the log."""
+        back after a failover, jobs a drone stopped mentioning) expire through the log."""
         for name, session in list(self.drones.items()):
             if now - session.last_seen > self.policy.lease_seconds:
                 del self.drones[name]
                 log.warning("drone %s silent for %.1fs: its jobs go back to needed", name, now - session.last_seen)
-                self.node.commit("release_drone", name, "drone went silent", time.time())
-        wall = time.time()
+                self.node.commit("release_drone", name, "drone went silent", self.wall())
+        wall = self.wall()
         if self.node.election.read(lambda q: q.lease_overdue(wall)):
             self.node.commit("expire", wall)
 
@@ -199,12 +226,8 @@ class Broker:
         free = [d for d in self.drones.values() if d.free > 0]
         if not free or self._term is None:
             return
-        grounded = set(self.node.election.read(lambda q: q.grounded()))
+        grounded, picks = self.node.election.read(lambda q: _plan(q, free, self.inflight))
         free = [d for d in free if d.name not in grounded]
-        capacity = sum(d.free for d in free)
-        if capacity <= 0:
-            return
-        picks = self.node.election.read(lambda q: _picks(q, capacity, self.inflight))
         for key, failed_on in picks:
             drone = _choose(free, failed_on)
             if drone is None:
@@ -214,9 +237,7 @@ class Broker:
     def _delegate(self, key: str, session: DroneSession) -> None:
         session.pending.add(key)
         self.inflight.add(key)
-        now = time.time()
-        deadline = now + self.policy.lease_seconds
-        session.lease_until = max(session.lease_until, deadline)
+        now = self.wall()
         term = self._term or 0
 
         def then(result: Any, err: str | None) -> None:
@@ -225,28 +246,30 @@ class Broker:
             if err is not None or not result.get("ok"):
                 log.info("delegation of %s to %s not committed: %s", key, session.name, err or result.get("code"))
                 return
-            session.running.add(key)
-            pkg = self.node.election.read(lambda q: q.get(key))
-            job = protocol.Job(key=key, cpv=pkg.cpv, term=term, attempt=pkg.attempts, repo=pkg.repo)
-            if self.drones.get(session.name) is session and self.node.send(session.identity, job):
+            current = self.drones.get(session.name)  # it may have said hello again meanwhile
+            if current is None:
+                return  # gone: its lease lapses, or it says hello and gets the job again
+            current.running.add(key)
+            job = self.node.election.read(lambda q: _job(q, key, term))
+            if job is not None and self.node.send(current.identity, job):
                 log.debug("job %s -> %s", key, session.name)
 
-        self.node.commit("delegate", key, session.name, term, now, deadline, then=then)
+        self.node.commit("delegate", key, session.name, term, now, now + self.policy.lease_seconds, then=then)
 
     # --- balance -------------------------------------------------------------------------
     def balance(self, reply: Any) -> None:
-        """Reclaim leases from vanished drones (no live session holds them)."""
+        """Reclaim leases from vanished drones (no live session holds them). Work is pushed
+        only into free slots, so no drone has queued-but-unstarted jobs to move."""
         live = set(self.drones)
         stray = self.node.election.read(lambda q: q.delegated_elsewhere(live))
 
         def then(result: Any, err: str | None) -> None:
-            reply({"requeued": stray if err is None else [], "drones": sorted(live),
-                   "error": err})
+            reply({"requeued": stray if err is None else [], "drones": sorted(live), "error": err})
 
         if not stray:
             reply({"requeued": [], "drones": sorted(live), "error": None})
             return
-        self.node.commit("requeue", stray, "balance: drone gone", time.time(), then=then)
+        self.node.commit("requeue", stray, "balance: drone gone", self.wall(), then=then)
 
 
 def _valid_drone(msg: Hello) -> bool:
@@ -258,19 +281,33 @@ def _held_by(q: BuildQueue, key: str, drone: str) -> bool:
     return pkg is not None and pkg.state == "delegated" and pkg.drone == drone
 
 
-def _reconcile(q: BuildQueue, msg: Hello) -> tuple[list, list, list]:
-    """What a (re)joining drone keeps, drops, and may delete as already stored."""
+def _job(q: BuildQueue, key: str, term: int) -> protocol.Job | None:
+    pkg = q.get(key)
+    if pkg is None:
+        return None
+    return protocol.Job(key=key, cpv=pkg.cpv, term=term, attempt=pkg.attempts, repo=pkg.repo)
+
+
+def _reconcile(q: BuildQueue, msg: Hello) -> tuple[list, list, list, list[protocol.Job]]:
+    """What a (re)joining drone keeps, drops, may delete as stored, and was never sent.
+
+    Only the drone the log names as the package's last holder may keep it: an upload for a
+    package that went to another drone meanwhile is dropped, not raced."""
     adopt, drop, stored = [], [], []
+    announced = _pairs(msg.running) + _pairs(msg.uploads)
     uploads = {k for k, _ in _pairs(msg.uploads)}
-    for key, term in _pairs(msg.running) + _pairs(msg.uploads):
+    for key, _term in announced:
         pkg = q.get(key)
-        if pkg is not None and pkg.state == "received" and key in uploads and pkg.result:
+        mine = pkg is not None and pkg.drone == msg.drone
+        if mine and pkg.state == "received" and key in uploads and pkg.result:
             stored.append((key, pkg.result.get("sha256", "")))
-        elif pkg is not None and (_held_by(q, key, msg.drone) or (key in uploads and pkg.state == "needed")):
-            adopt.append([key, pkg.term if pkg.drone == msg.drone else term])
+        elif mine and (pkg.state == "delegated" or (key in uploads and pkg.state == "needed")):
+            adopt.append([key, pkg.term])
         else:
             drop.append(key)
-    return adopt, drop, stored
+    known = {k for k, _ in announced}
+    resend = [_job(q, k, q.get(k).term) for k in q.delegated_to(msg.drone) if k not in known]
+    return adopt, drop, stored, [j for j in resend if j is not None]
 
 
 def _pairs(raw: list) -> list[tuple[str, int]]:
@@ -281,9 +318,12 @@ def _pairs(raw: list) -> list[tuple[str, int]]:
     return out
 
 
-def _picks(q: BuildQueue, limit: int, inflight: set[str]) -> list[tuple[str, list[str]]]:
-    keys = q.dispatchable(limit, exclude=inflight)
-    return [(k, list(q.get(k).failed_on)) for k in keys]
+def _plan(q: BuildQueue, free: list[DroneSession], inflight: set[str]) -> tuple[set[str], list[tuple[str, list]]]:
+    """Grounded drones, and the next dispatchable packages for the capacity left (one read)."""
+    grounded = set(q.grounded())
+    capacity = sum(d.free for d in free if d.name not in grounded)
+    keys = q.dispatchable(capacity, exclude=inflight) if capacity > 0 else []
+    return grounded, [(k, list(q.get(k).failed_on)) for k in keys]
 
 
 def _choose(free: list[DroneSession], failed_on: list[str]) -> DroneSession | None:

@@ -348,6 +348,31 @@ def reset(api: Any, yes: bool) -> None:
 
 
 @client_command
+@click.option("--json", "as_json", is_flag=True, help="Print the gateway's answer unchanged.")
+def releases(api: Any, as_json: bool) -> None:
+    """List the releases, oldest first; `*` marks the current one."""
+    data = api.releases()
+    if as_json:
+        _echo_json(data)
+        return
+    rows = data.get("releases") or []
+    if not rows:
+        click.echo("no releases yet (swarmmesh finalize makes one)")
+    for rel in rows:
+        mark = "*" if rel.get("id") == data.get("current") else " "
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(rel.get("created_at") or 0))
+        note = f"  rollback to {rel['source']}" if rel.get("source") else ("  forced" if rel.get("forced") else "")
+        click.echo(f"{mark} {rel.get('id', '?'):<28} {when} UTC  {rel.get('count', 0):>6} packages{note}")
+
+
+@client_command
+@click.argument("release_id", metavar="ID")
+def rollback(api: Any, release_id: str) -> None:
+    """Serve release ID again (published as a new release, so clients see it as newer)."""
+    _echo_result("rollback", api.rollback(release_id))
+
+
+@client_command
 def binhost(api: Any) -> None:
     """Print a healthy orchestrator's binhost URL (for binrepos.conf)."""
     click.echo(api.binhost())

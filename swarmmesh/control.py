@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from swarmmesh import gentoo
 from swarmmesh.errors import BadAtomsError, InputError, SwarmError
 from swarmmesh.protocol import Reply, Request
+from swarmmesh.releases import check_release_id, new_release_id
 
 if TYPE_CHECKING:
     from swarmmesh.orchestrator import Orchestrator
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 COMMIT_TIMEOUT = 10.0
-READ_OPS = {"status"}
+READ_OPS = {"status", "releases"}
 
 
 class Control:
@@ -34,7 +35,7 @@ class Control:
         self._ops: dict[str, Callable[[bytes, Request], None]] = {
             "status": self._status, "swarm": self._swarm, "submit": self._submit,
             "finalize": self._finalize, "balance": self._balance, "unblock": self._unblock,
-            "reset": self._reset,
+            "reset": self._reset, "releases": self._releases, "rollback": self._rollback,
         }
 
     def handle(self, identity: bytes, req: Request) -> None:
@@ -138,6 +139,30 @@ class Control:
             raise InputError("reset forgets the whole queue; pass confirm=true (swarmmesh reset --yes)")
         log.warning("queue reset requested")
         self._commit(identity, req, "reset")
+
+
+    def _releases(self, identity: bytes, req: Request) -> None:
+        """The releases in the log, newest last; `serving` is what this node's binhost serves."""
+        views = self.node.election.read(lambda q: q.release_views())
+        self._ok(identity, req, {"releases": views, "current": views[-1]["id"] if views else None,
+                                 "node": self.node.name, "serving": self.node.releases.serving})
+
+    def _rollback(self, identity: bytes, req: Request) -> None:
+        target = check_release_id(req.args.get("release"))
+        keep = self.node.config.keep_releases
+        kept = self.node.election.read(lambda q: [r.id for r in q.releases][-keep:])
+        if target not in kept:
+            raise InputError(f"release {target!r} is not one of the last {keep} releases, whose files are kept; "
+                             f"roll back to one of: {', '.join(kept) or 'none yet'}")
+        release_id = new_release_id()
+        log.warning("rollback to %s requested: publishing its files again as %s", target, release_id)
+        self._commit(identity, req, "rollback", target, release_id, time.time(), shape=_rollback_shape)
+
+
+def _rollback_shape(result: dict) -> tuple[bool, str, str, Any]:
+    if result.get("ok"):
+        return True, "ok", "", {k: result[k] for k in ("release", "source", "count")}
+    return False, "invalid", (f"no release {result.get('release')!r}; `swarmmesh releases` lists them"), result
 
 
 def _plain(result: dict) -> tuple[bool, str, str, Any]:

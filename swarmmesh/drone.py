@@ -48,6 +48,7 @@ MAX_ERROR = 16_000
 MAX_BURST = 1000           # frames read per socket per step, so one socket cannot starve the rest
 
 BUILDING, UPLOADING, FAILED = "building", "uploading", "failed"
+_JOB_DIR = re.compile(r"[A-Za-z0-9._-]+-[0-9]+\Z")  # what _make_workdir names
 
 
 @dataclass(eq=False)
@@ -66,6 +67,7 @@ class _Job:
     rejections: int = 0
     upload_id: str = ""
     resend_at: float | None = None
+    attempt: int = 0
 
     @property
     def pair(self) -> list:
@@ -228,6 +230,7 @@ class Drone:
 
     def run(self, once: bool = False) -> None:
         """Loop until stop(); with `once`, until one job is settled. Then stop as asked."""
+        _clear_leftovers(self.work_dir)
         line = f"swarmmesh drone {self.name} ready"
         log.info("%s (%s builder, %d slots, work dir %s)", line, self.builder.name, self.dc.slots,
                  self.work_dir)
@@ -391,9 +394,9 @@ class Drone:
             self._send(Bye(drone=self.name, hand_back=[msg.key]))
             return
         old = self.jobs.get(msg.key)
-        if old is not None and old.state != FAILED:
+        if old is not None and (old.state != FAILED or msg.attempt <= old.attempt):
             old.term = msg.term  # delivered again (new leader, new term): one build is enough
-            return
+            return  # (and a failure of this very attempt is still being reported)
         if old is not None:
             self._settle(old, "superseded by a new attempt")
         if self._busy() >= self.dc.slots:
@@ -402,7 +405,7 @@ class Drone:
         self._start(msg)
 
     def _start(self, msg: Job) -> None:
-        job = _Job(msg.key, msg.cpv, msg.repo, msg.term, None, self.clock())
+        job = _Job(msg.key, msg.cpv, msg.repo, msg.term, None, self.clock(), attempt=msg.attempt)
         self.jobs[msg.key] = job
         try:
             split_cpv(msg.cpv)
@@ -617,6 +620,21 @@ def _pairs(raw: Any) -> list[tuple[str, int]]:
 def _remove(path: Path | None) -> None:
     if path is not None:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _clear_leftovers(work_dir: Path) -> None:
+    """A drone process starts with no jobs, so the job directories in its work dir are what a
+    killed predecessor left behind (its leases lapse and the jobs are built again). Only
+    directories named like ours go: the work dir may be a path an admin also uses."""
+    try:
+        stale = [e.path for e in os.scandir(work_dir) if e.is_dir(follow_symlinks=False) and _JOB_DIR.match(e.name)]
+    except OSError:
+        return  # not there yet: created with the first job
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    if stale:
+        log.info("removed %d job director%s left by a previous run from %s", len(stale),
+                 "y" if len(stale) == 1 else "ies", work_dir)
 
 
 def run_drone(config: NodeConfig, once: bool = False) -> None:

@@ -107,6 +107,22 @@ class QueueState(SyncObjConsumer):
     def reset(self) -> dict:
         return self._apply("reset")
 
+    @replicated
+    def rollback(self, target: str, release_id: str, now: float) -> dict:
+        return self._apply("rollback", target, release_id, now)
+
+    @replicated
+    def hold(self, sha256: str, node: str) -> dict:
+        return self._apply("hold", sha256, node)
+
+    @replicated
+    def unhold(self, sha256: str, node: str) -> dict:
+        return self._apply("unhold", sha256, node)
+
+    @replicated
+    def lose(self, key: str, sha256: str, reason: str, now: float) -> dict:
+        return self._apply("lose", key, sha256, reason, now)
+
 
 def raft_conf(config: NodeConfig) -> SyncObjConf:
     """PySyncObj settings from the node config: fast failover, persistence, encryption."""

@@ -20,6 +20,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import zmq
 import zmq.asyncio
 from aiohttp import web
@@ -42,6 +43,8 @@ MAX_IN_FLIGHT = 64
 MAX_BODY = 16 * 1024 * 1024
 RETRY_PAUSE = 0.2
 SHUTDOWN_GRACE = 2.0
+PROBE_PERIOD = 0.5  # how often each orchestrator's binhost is asked what it serves
+PROBE_TIMEOUT = 1.0
 #: Codes that prove the request was not applied, so another orchestrator may be asked.
 RETRYABLE = frozenset({"not_leader", "no_leader"})
 
@@ -51,7 +54,7 @@ HTTP_STATUS = {
     "not_leader": 503, "no_leader": 503, "not_committed": 503, "unavailable": 503, "busy": 503,
     "timeout": 504,
 }
-ENDPOINTS = "/status, /binhost, /build, /swarm, /finalize, /balance, /unblock, /reset"
+ENDPOINTS = "/status, /binhost, /build, /swarm, /finalize, /balance, /unblock, /reset, /releases, /rollback"
 NO_LEADER = ("no orchestrator leads the cluster right now (election in progress or no quorum); "
              "retry in a few seconds")
 
@@ -76,6 +79,7 @@ class ClusterView:
         self.window = window
         self._nodes: dict[str, _Heard] = {}
         self._leaders: dict[str, _Heard] = {}
+        self._binhosts: dict[str, _Heard] = {}
 
     def heard(self, msg: Message, now: float) -> None:
         if getattr(msg, "name", None) not in self.addrs:
@@ -84,6 +88,17 @@ class ClusterView:
             self._leaders[msg.name] = _Heard(msg, now)
         elif isinstance(msg, NodeInfo):
             self._nodes[msg.name] = _Heard(msg, now)
+
+    def binhost_heard(self, name: str, info: dict, now: float) -> None:
+        """What an orchestrator's binhost said it serves (GET /release): stamps of its current
+        release and of the newest release in its log."""
+        stamps = (info.get("serving_stamp"), info.get("newest_stamp"))
+        if name in self.addrs and all(isinstance(s, int) and not isinstance(s, bool) for s in stamps):
+            self._binhosts[name] = _Heard(info, now)
+
+    def serving(self, now: float) -> dict[str, dict]:
+        """Fresh binhost answers of healthy orchestrators."""
+        return {name: h.msg for name, h in self._binhosts.items() if self._fresh(h, now) and self.healthy(name, now)}
 
     def _fresh(self, heard: _Heard | None, now: float) -> bool:
         return heard is not None and now - heard.at <= self.window
@@ -126,8 +141,16 @@ class ClusterView:
 
 
 def choose_binhost(view: ClusterView, now: float) -> str | None:
-    """The binhost URL clients should use; one place, so the choice can change alone."""
+    """The binhost URL clients should use: a healthy orchestrator serving the newest release
+    (the leader when it does), so a client never reads an index whose files are missing; with
+    no release served anywhere, the leader's."""
     leader = view.leader(now)
+    serving = view.serving(now)
+    rank = {name: i for i, name in enumerate(view.addrs)}
+    best = sorted(serving, key=lambda n: (-serving[n]["serving_stamp"], not (leader and n == leader.name), rank[n]))
+    if best and serving[best[0]]["serving_stamp"] > 0:
+        name = best[0]
+        return (leader.binhost if leader and leader.name == name else "") or view.addrs[name].binhost_url
     if leader is None:
         return None
     return leader.binhost or view.addrs[leader.name].binhost_url
@@ -367,6 +390,7 @@ class Gateway:
                                   [protocol.TOPIC_LEADER, protocol.TOPIC_NODE])
         self.forwarder = Forwarder(self._ctx, self.view, self._timeout, self._max_in_flight)
         self._tasks.append(asyncio.create_task(self._follow()))
+        self._tasks.append(asyncio.create_task(self._probe_binhosts()))
         # shutdown_timeout: a stop must not wait out aiohttp's 10 s lingering read of a refused body.
         self._runner = web.AppRunner(self._app(), access_log=None, shutdown_timeout=SHUTDOWN_GRACE)
         await self._runner.setup()
@@ -398,6 +422,8 @@ class Gateway:
         app.router.add_post("/balance", self._simple("balance"))
         app.router.add_post("/unblock", self._unblock)
         app.router.add_post("/reset", self._reset)
+        app.router.add_get("/releases", self._simple("releases"))
+        app.router.add_post("/rollback", self._rollback)
         return app
 
     # --- events ------------------------------------------------------------------------
@@ -425,6 +451,23 @@ class Gateway:
             self._leader_key = key
             log.info("leader is %s", f"{key[0]} (term {key[1]})" if key else "unknown")
             self.forwarder.leader_changed()
+
+    async def _probe_binhosts(self) -> None:
+        """Ask every orchestrator's binhost what it serves, for choose_binhost."""
+        timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                await asyncio.gather(*(self._probe(session, a) for a in self.config.orchestrators))
+                await asyncio.sleep(PROBE_PERIOD)
+
+    async def _probe(self, session: aiohttp.ClientSession, addr: OrchestratorAddr) -> None:
+        try:
+            async with session.get(addr.binhost_url + "release") as resp:
+                info = await resp.json() if resp.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return
+        if isinstance(info, dict):
+            self.view.binhost_heard(addr.name, info, time.monotonic())
 
     # --- endpoints ---------------------------------------------------------------------
     async def _status(self, request: web.Request) -> web.Response:
@@ -465,6 +508,12 @@ class Gateway:
         if keys is not None and not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
             raise InputError('"keys" must be a list of package keys or drone names, or null for all')
         return _reply_response(await self.forwarder.call("unblock", {"keys": keys or None}))
+
+    async def _rollback(self, request: web.Request) -> web.Response:
+        release = (await _json_object(request, required=True)).get("release")
+        if not isinstance(release, str) or not release:
+            raise InputError('send {"release": "<id>"}; `swarmmesh releases` lists the ids')
+        return _reply_response(await self.forwarder.call("rollback", {"release": release}))
 
     async def _reset(self, request: web.Request) -> web.Response:
         if (await _json_object(request)).get("confirm") is not True:

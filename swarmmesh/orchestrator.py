@@ -37,8 +37,12 @@ class Orchestrator:
 
     def __init__(self, config: NodeConfig) -> None:
         from swarmmesh.artifacts import Receiver
+        from swarmmesh.binhost import Binhost
         from swarmmesh.broker import Broker
         from swarmmesh.control import Control
+        from swarmmesh.incoming import Incoming
+        from swarmmesh.releases import Releases
+        from swarmmesh.replication import Replicator
 
         self.config = config
         self.me = config.me()
@@ -56,7 +60,12 @@ class Orchestrator:
         self.control = Control(self)
         self.broker = Broker(self)
         self.receiver = Receiver(self)
-        self.components: list[Any] = [self.broker, self.receiver]
+        self.replicator = Replicator(self)  # needs the receiver's store
+        self.releases = Releases(self)
+        self.incoming = Incoming(self)
+        self.binhost = Binhost(self)  # last: it serves what the others keep
+        self.components: list[Any] = [self.broker, self.receiver, self.replicator, self.releases,
+                                      self.incoming, self.binhost]
         self.balance = self.broker.balance
 
     # --- services for components (control, broker) -------------------------------------

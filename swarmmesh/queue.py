@@ -13,7 +13,15 @@ cross threads as values. Everything is plain data so PySyncObj can pickle it int
 
 Result codes: ok, duplicate (idempotent repeat, still ok), unknown, stale (older term, or the
 package belongs to another drone), not_needed, waiting (dependencies not received), grounded,
-not_delegated, refused (finalize with work pending), violation (two leaders in one term).
+not_delegated, not_received (lose of a package that was rebuilt meanwhile), refused (finalize
+with work pending), violation (two leaders in one term).
+
+Artifacts: ``complete`` registers the file's holders by sha256; ``hold``/``unhold`` record which
+orchestrator stores which file, and ``lose`` puts a received package whose file nobody holds
+back to needed. A release records its files (not only keys), so it can be built on every node
+even after ``reset``; its ``stamp`` (the Packages TIMESTAMP) strictly increases, because Portage
+clients ignore an index that is not newer than the one they cached. ``rollback`` therefore
+republishes an older release's files as a new release instead of moving a pointer back.
 
 Dependencies: a package's edges are fixed when it first enters the queue; only edges to keys
 already queued (or in the same batch) count. Edges to earlier-submitted packages always count;
@@ -77,6 +85,13 @@ class Release:
     created_at: float
     keys: list[str]
     forced: bool
+    files: list[dict] = field(default_factory=list)  # per key: cpv + FILE_FIELDS of its result
+    stamp: int = 0  # the Packages TIMESTAMP, strictly increasing from release to release
+    source: str | None = None  # set by rollback: the release whose files this one republishes
+    batches: list[str] = field(default_factory=list)  # batches complete when it was made
+
+
+FILE_FIELDS = ("sha256", "size", "md5", "sha1", "path", "build_id")
 
 
 def _ok(code: str = "ok", **extra: Any) -> dict:
@@ -92,6 +107,8 @@ class BuildQueue:
 
     def __init__(self) -> None:
         self._releases: dict[str, Release] = {}
+        self._holders: dict[str, list[str]] = {}  # sha256 -> orchestrators that store the file
+        self.files_version = 0  # bumped whenever files, holders or releases change (cheap polling)
         self._terms: dict[int, str] = {}
         self._max_term = 0
         self.violations: list[str] = []
@@ -189,6 +206,9 @@ class BuildQueue:
         self._leave_delegation(pkg)
         pkg.drone, pkg.result, pkg.error = drone, dict(result), None
         self._set_state(pkg, RECEIVED)
+        self._forget_unmet(pkg)
+        self._register_holders(pkg.result)
+        self.files_version += 1
         self._streak.pop(drone, None)
         self._release_dependants(key)
         self._prune()
@@ -253,13 +273,65 @@ class BuildQueue:
         needed, delegated = self._counts[NEEDED], self._counts[DELEGATED]
         if (needed or delegated) and not force:
             return _no("refused", needed=needed, delegated=delegated)
-        keys = [p.key for p in self._packages.values() if p.state == RECEIVED]
-        self._releases[release_id] = Release(release_id, now, keys, bool(force))
-        return _ok(release=release_id, count=len(keys), duplicate=False)
+        received = [p for p in self._packages.values() if p.state == RECEIVED]
+        done = [b for b, counts in self._batch_counts.items() if counts[NEEDED] == counts[DELEGATED] == 0]
+        files = [_file_of(p) for p in received]
+        self._add_release(Release(release_id, now, [p.key for p in received], bool(force), files, batches=done))
+        return _ok(release=release_id, count=len(received), duplicate=False)
+
+    def rollback(self, target: str, release_id: str, now: float) -> dict:
+        """Publish `target`'s files again as the new release `release_id` (see the docstring)."""
+        old = self._releases.get(release_id)
+        if old is not None:
+            return _ok("duplicate", release=release_id, source=old.source, count=len(old.keys), duplicate=True)
+        src = self._releases.get(target)
+        if src is None:
+            return _no("unknown", release=target)
+        files = [dict(f) for f in src.files]
+        self._add_release(Release(release_id, now, list(src.keys), src.forced, files, source=target))
+        return _ok(release=release_id, source=target, count=len(src.keys), duplicate=False)
+
+    def hold(self, sha256: str, node: str) -> dict:
+        """`node` stores the file; only files that some package or release refers to are tracked."""
+        holders = self._holders.get(sha256)
+        if holders is None:
+            return _no("unknown")
+        if node in holders:
+            return _ok("duplicate", holders=list(holders), duplicate=True)
+        holders.append(node)
+        self.files_version += 1
+        return _ok(holders=list(holders))
+
+    def unhold(self, sha256: str, node: str) -> dict:
+        """`node` lost the file (deleted or corrupt): peers must not fetch it from there."""
+        holders = self._holders.get(sha256)
+        if holders is None or node not in holders:
+            return _ok("duplicate", duplicate=True)
+        holders.remove(node)
+        self.files_version += 1
+        return _ok(holders=list(holders))
+
+    def lose(self, key: str, sha256: str, reason: str, now: float) -> dict:
+        """A received package whose file no live orchestrator holds is built again.
+
+        Conditional on the sha256: a late commit must not undo a newer build of the package."""
+        pkg = self._packages.get(key)
+        if pkg is None:
+            return _no("unknown")
+        if pkg.state != RECEIVED or (pkg.result or {}).get("sha256") != sha256:
+            return _no("not_received", state=pkg.state)
+        pkg.result, pkg.error, pkg.drone, pkg.attempts = None, reason, None, 0
+        self._set_state(pkg, NEEDED)
+        self._count_unmet(pkg)
+        self._block_dependants(key)
+        self._push_if_ready(pkg)
+        self.files_version += 1
+        return _ok(state=NEEDED)
 
     def reset(self) -> dict:
         """Forget the queue but keep releases (they are on disk) and terms (fencing must hold)."""
         self._clear()
+        self.files_version += 1
         return _ok()
 
     def note_leader(self, term: int, leader: str) -> dict:
@@ -318,6 +390,43 @@ class BuildQueue:
     def releases(self) -> list[Release]:
         return list(self._releases.values())
 
+    def newest_release(self) -> Release | None:
+        """The release clients should see (a copy): the last one committed."""
+        if not self._releases:
+            return None
+        rel = next(reversed(self._releases.values()))
+        return replace(rel, keys=list(rel.keys), files=[dict(f) for f in rel.files], batches=list(rel.batches))
+
+    def release_views(self) -> list[dict]:
+        return [self._release_view(r) for r in self._releases.values()]
+
+    def holders(self, sha256: str) -> list[str]:
+        return list(self._holders.get(sha256, ()))
+
+    def artifacts(self) -> dict[str, dict]:
+        """Every file each orchestrator should store, by sha256: the received packages' (with
+        their key) and the newest release's; each with its size and current holders."""
+        wanted: dict[str, dict] = {}
+        for pkg in self._packages.values():
+            sha = (pkg.result or {}).get("sha256") if pkg.state == RECEIVED else None
+            if isinstance(sha, str):
+                wanted[sha] = {"key": pkg.key, "size": pkg.result.get("size"), "holders": self.holders(sha)}
+        newest = next(reversed(self._releases.values()), None) if self._releases else None
+        for f in newest.files if newest else ():
+            if isinstance(f.get("sha256"), str) and f["sha256"] not in wanted:
+                wanted[f["sha256"]] = {"key": None, "size": f.get("size"), "holders": self.holders(f["sha256"])}
+        return wanted
+
+    def received_files(self) -> list[dict]:
+        """The received packages as release file records, in seq order (the staging feed)."""
+        return [_file_of(p) for p in self._packages.values() if p.state == RECEIVED]
+
+    def unreleased_batches(self) -> list[str]:
+        """Complete batches with received packages that no release covers yet (auto_finalize)."""
+        covered = {b for r in self._releases.values() for b in r.batches}
+        return [b for b, c in self._batch_counts.items()
+                if b not in covered and c[NEEDED] == c[DELEGATED] == 0 and c[RECEIVED] > 0]
+
     @property
     def max_term(self) -> int:
         return self._max_term
@@ -359,6 +468,7 @@ class BuildQueue:
             "packages": [vars(p) for p in self._packages.values()],
             "batches": [vars(b) for b in self._batches.values()],
             "releases": [vars(r) for r in self._releases.values()],
+            "holders": sorted(self._holders.items()),
             "grounded": sorted(self._grounded),
             "streaks": sorted(self._streak.items()),
             "terms": sorted(self._terms.items()),
@@ -412,6 +522,41 @@ class BuildQueue:
                 seen.add(key)
                 stack.extend(self._packages[key].deps)
         return False
+
+    def _add_release(self, rel: Release) -> None:
+        newest = next(reversed(self._releases.values()), None) if self._releases else None
+        rel.stamp = max(int(rel.created_at), newest.stamp + 1 if newest else 0)
+        self._releases[rel.id] = rel
+        self.files_version += 1
+
+    def _register_holders(self, result: dict) -> None:
+        sha = result.get("sha256")
+        if not isinstance(sha, str):
+            return
+        holders = self._holders.setdefault(sha, [])
+        for node in result.get("holders") or ():
+            if isinstance(node, str) and node not in holders:
+                holders.append(node)
+
+    def _forget_unmet(self, pkg: Package) -> None:
+        """A package received while it still counted unmet dependencies (possible only after a
+        `lose`) stops waiting for them."""
+        if self._unmet.pop(pkg.key, None) is None:
+            return
+        for dep in pkg.deps:
+            waiting = self._rdeps.get(dep)
+            if waiting and pkg.key in waiting:
+                waiting.remove(pkg.key)
+                if not waiting:
+                    del self._rdeps[dep]
+
+    def _block_dependants(self, key: str) -> None:
+        """`key` is no longer received: every dependant not yet received waits for it again."""
+        waiting = [p.key for p in self._packages.values() if key in p.deps and p.state != RECEIVED]
+        for dependant in waiting:
+            self._unmet[dependant] = self._unmet.get(dependant, 0) + 1
+        if waiting:
+            self._rdeps.setdefault(key, []).extend(waiting)
 
     def _count_unmet(self, pkg: Package) -> None:
         unmet = [dep for dep in pkg.deps if self._packages[dep].state != RECEIVED]
@@ -496,10 +641,13 @@ class BuildQueue:
     def _by_seq(self, keys: Iterable[str]) -> list[str]:
         return sorted(keys, key=lambda k: self._packages[k].seq)
 
-    @staticmethod
-    def _package_view(p: Package) -> dict:
+    def _package_view(self, p: Package) -> dict:
         fields = ("key", "cpv", "repo", "state", "drone", "attempts", "error", "lease_deadline")
-        return {**{name: getattr(p, name) for name in fields}, "batches": list(p.batches)}
+        view = {**{name: getattr(p, name) for name in fields}, "batches": list(p.batches)}
+        sha = (p.result or {}).get("sha256")
+        if isinstance(sha, str):
+            view.update(sha256=sha, holders=self.holders(sha))
+        return view
 
     def _batch_view(self, b: Batch) -> dict:
         counts = dict(self._batch_counts[b.id])
@@ -513,4 +661,11 @@ class BuildQueue:
 
     @staticmethod
     def _release_view(r: Release) -> dict:
-        return {"id": r.id, "created_at": r.created_at, "count": len(r.keys), "forced": r.forced}
+        return {"id": r.id, "created_at": r.created_at, "count": len(r.keys), "forced": r.forced,
+                "stamp": r.stamp, "source": r.source}
+
+
+def _file_of(pkg: Package) -> dict:
+    """What a release needs to know about a received package's file, copied out of its result."""
+    result = pkg.result or {}
+    return {"key": pkg.key, "cpv": pkg.cpv, **{name: result.get(name) for name in FILE_FIELDS}}

@@ -372,6 +372,81 @@ def test_reset_forgets_the_queue_but_keeps_releases_and_terms(q):
     assert q.delegate("a", "d1", 2, 0.0, 1.0)["code"] == "stale"
 
 
+# ------------------------------------------------- artifacts, releases
+
+
+def result_for(key: str, node: str = "o1") -> dict:
+    return {"sha256": f"sha-{key}", "size": 4096, "md5": "m", "sha1": "s", "path": f"cat/{key}.gpkg.tar",
+            "build_id": 1, "holders": [node]}
+
+
+def test_complete_registers_holders_and_hold_unhold_track_them(q):
+    q.submit("b1", "alice", items("a"), None, 0.0)
+    delegate(q, "a")
+    q.complete("a", "d1", 1, result_for("a"), 1.0)
+    assert q.holders("sha-a") == ["o1"]
+    assert q.hold("sha-a", "o2")["holders"] == ["o1", "o2"]
+    assert q.hold("sha-a", "o2")["duplicate"]
+    assert q.hold("sha-unknown", "o2")["code"] == "unknown" and q.holders("sha-unknown") == []
+    assert q.unhold("sha-a", "o1")["holders"] == ["o2"]
+    assert q.unhold("sha-a", "o1")["duplicate"]
+    assert q.artifacts() == {"sha-a": {"key": "a", "size": 4096, "holders": ["o2"]}}
+    assert q.snapshot()["packages"][0]["holders"] == ["o2"]
+
+
+def test_finalize_records_files_batches_and_increasing_stamps(q):
+    q.submit("b1", "alice", items("a", "b"), None, 0.0)
+    delegate(q, "a")
+    q.complete("a", "d1", 1, result_for("a"), 1.0)
+    q.finalize("r1", 100.9, True)
+    rel = q.newest_release()
+    assert rel.files == [{"key": "a", "cpv": "a", **{k: result_for("a")[k] for k in
+                         ("sha256", "size", "md5", "sha1", "path", "build_id")}}]
+    assert (rel.stamp, rel.batches) == (100, [])
+    delegate(q, "b")
+    q.complete("b", "d1", 1, result_for("b"), 2.0)
+    assert q.unreleased_batches() == ["b1"]
+    q.finalize("r2", 100.2, False)  # a clock that went backwards still gets a newer stamp
+    assert q.newest_release().stamp == 101 and q.newest_release().batches == ["b1"]
+    assert q.unreleased_batches() == []
+
+
+def test_rollback_republishes_an_old_release_with_a_new_stamp(q):
+    q.submit("b1", "alice", items("a", "b"), None, 0.0)
+    for key in ("a", "b"):
+        delegate(q, key)
+        q.complete(key, "d1", 1, result_for(key), 1.0)
+        q.finalize(f"r-{key}", 50.0, True)
+    assert q.rollback("nope", "r3", 60.0)["code"] == "unknown"
+    done = q.rollback("r-a", "r3", 60.0)
+    assert (done["ok"], done["source"], done["count"]) == (True, "r-a", 1)
+    assert q.rollback("r-a", "r3", 61.0)["duplicate"]
+    rel = q.newest_release()
+    assert (rel.id, rel.keys, rel.source, rel.stamp) == ("r3", ["a"], "r-a", 60)
+    assert [v["stamp"] for v in q.release_views()] == [50, 51, 60]
+    q.reset()  # releases keep their files, and the files their holders
+    assert q.artifacts() == {"sha-a": {"key": None, "size": 4096, "holders": ["o1"]}}
+
+
+def test_lose_requeues_the_package_and_blocks_its_dependants(q):
+    q.submit("b1", "alice", items("a", "b", "c"), {"b": ["a"], "c": ["a"]}, 0.0)
+    delegate(q, "a")
+    q.complete("a", "d1", 1, result_for("a"), 1.0)
+    delegate(q, "b")
+    assert q.lose("a", "sha-other", "gone", 2.0)["code"] == "not_received"
+    assert q.lose("zz", "sha-a", "gone", 2.0)["code"] == "unknown"
+    assert q.lose("a", "sha-a", "artifact lost", 2.0) == {"ok": True, "code": "ok", "state": NEEDED}
+    pkg = q.get("a")
+    assert (pkg.state, pkg.result, pkg.error, pkg.attempts) == (NEEDED, None, "artifact lost", 0)
+    assert q.dispatchable(10) == ["a"]  # c waits for a again; b keeps building
+    q.complete("b", "d1", 1, result_for("b"), 3.0)
+    assert q.dispatchable(10) == ["a"]
+    delegate(q, "a", "d2")
+    assert q.complete("a", "d2", 1, result_for("a", "o2"), 4.0)["ok"]
+    assert q.dispatchable(10) == ["c"]
+    assert q.holders("sha-a") == ["o1", "o2"]
+
+
 # ------------------------------------------------------------- leaders
 
 
@@ -513,6 +588,18 @@ class QueueMachine(RuleBasedStateMachine):
     def finalize(self, release, force):
         self.apply("finalize", release, self.now, force)
 
+    @rule(source=st.sampled_from(["r1", "r2", "r3"]), release=st.sampled_from(["r4", "r5"]))
+    def rollback(self, source, release):
+        self.apply("rollback", source, release, self.now)
+
+    @rule(key=keys_st, node=st.sampled_from(["o1", "o2"]), drop=st.booleans())
+    def hold(self, key, node, drop):
+        self.apply("unhold" if drop else "hold", key, node)
+
+    @rule(key=keys_st, pick=st.booleans())
+    def lose(self, key, pick):
+        self.apply("lose", key, key if pick else "other", "lost", self.now)
+
     @rule(dice=st.integers(0, 15))
     def reset(self, dice):
         if dice == 0:  # rare, or it would wipe most of the interesting histories
@@ -586,6 +673,15 @@ class QueueMachine(RuleBasedStateMachine):
                     assert child not in path, f"cycle through {child}"
                     path.add(child)
                     stack.append((child, iter(pkgs[child].deps)))
+
+    @invariant()
+    def releases_have_increasing_stamps_and_files_for_keys(self):
+        releases = self.q.releases
+        assert all(a.stamp < b.stamp for a, b in zip(releases, releases[1:], strict=False))
+        assert all([f["key"] for f in r.files] == r.keys for r in releases)
+        for sha, info in self.q.artifacts().items():
+            assert info["holders"] == self.q.holders(sha)
+            assert len(set(info["holders"])) == len(info["holders"])
 
     @invariant()
     def pickling_and_replay_reach_the_same_state(self):

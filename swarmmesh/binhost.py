@@ -1,0 +1,197 @@
+"""The binhost: each orchestrator serves its `current` release, a staging feed and its store.
+
+It runs aiohttp on its own thread and event loop, so slow clients never delay the
+orchestrator's socket loop, and it touches no ZeroMQ socket. Files go out with aiohttp's
+FileResponse (sendfile, range requests, If-Modified-Since). Every path is checked against a
+pattern and resolved inside one directory; nothing else of the data directory is reachable.
+
+    GET /Packages, /Packages.gz, /<cat>/<pn>/<file>   the current release (Portage clients)
+    GET /staging/Packages, /staging/<cat>/<pn>/<file>  every received package (drones)
+    GET /store/<sha256>                                the content-addressed store (peers)
+    GET /release                                       what this node serves (the gateway)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import stat
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from swarmmesh import releases
+from swarmmesh.errors import ConfigError
+
+if TYPE_CHECKING:
+    from swarmmesh.orchestrator import Orchestrator
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 10.0
+_PART = r"[A-Za-z0-9+_][A-Za-z0-9+_.-]{0,127}"
+_PACKAGE_PATH = re.compile(rf"{_PART}/{_PART}/{_PART}\.(?:gpkg\.tar|xpak|tbz2)\Z")
+_SHA256 = re.compile(r"[0-9a-f]{64}\Z")
+_INDEXES = ("Packages", "Packages.gz")
+
+
+def _not_found(what: str) -> web.Response:
+    return web.Response(status=404, text=f"not found: {what}\n")
+
+
+def _regular(path: Path) -> bool:
+    """A regular file, not a symlink (release files are hard links)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+class Site:
+    """The HTTP handlers; `node` supplies the data dir, the store, the staging feed and state."""
+
+    def __init__(self, node: Orchestrator) -> None:
+        self.node = node
+        self.data = Path(node.config.data_dir)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/release", self.release)
+        app.router.add_get("/store/{sha256}", self.store)
+        app.router.add_get("/staging/{path:.+}", self.staging)
+        app.router.add_get("/{path:.+}", self.current)
+        return app
+
+    async def release(self, request: web.Request) -> web.Response:
+        newest = self.node.election.read(lambda q: next(((r.id, r.stamp) for r in reversed(q.releases)), None))
+        serving = self.node.releases.serving
+        return web.json_response({
+            "node": self.node.name, "serving": serving, "serving_stamp": self._stamp(serving),
+            "newest": newest[0] if newest else None, "newest_stamp": newest[1] if newest else 0,
+        })
+
+    def _stamp(self, release_id: str | None) -> int:
+        if release_id is None:
+            return 0
+        try:
+            return int(os.stat(self.data / "releases" / release_id / "Packages").st_mtime)
+        except OSError:
+            return 0
+
+    async def store(self, request: web.Request) -> web.StreamResponse:
+        sha = request.match_info["sha256"]
+        if not _SHA256.match(sha):
+            return _not_found("a store object is named by its sha256")
+        path = self.node.receiver.store.path(sha)
+        return web.FileResponse(path) if _regular(path) else _not_found(sha)
+
+    async def staging(self, request: web.Request) -> web.StreamResponse:
+        feed, path = self.node.releases.staging, request.match_info["path"]
+        if path == "Packages":
+            return web.Response(body=feed.packages, content_type="text/plain")
+        sha = feed.paths.get(path)
+        if sha is None:
+            return _not_found(path)
+        file = self.node.receiver.store.path(sha)
+        return web.FileResponse(file) if _regular(file) else _not_found(path)
+
+    async def current(self, request: web.Request) -> web.StreamResponse:
+        path = request.match_info["path"]
+        if path not in _INDEXES and not _PACKAGE_PATH.match(path):
+            return _not_found(path)
+        for release_id in self._candidates(path):
+            file = self.data / "releases" / release_id / path
+            if _regular(file):
+                return web.FileResponse(file)
+        return _not_found(path)
+
+    def _candidates(self, path: str) -> Iterator[str]:
+        """The current release; for a package file then the older ones, newest first, so a client
+        that read the previous Packages just before the swap still gets its files."""
+        current = releases.current_release(self.data)
+        if current:
+            yield current
+        if path in _INDEXES:
+            return
+        names = [p.name for p in (self.data / "releases").iterdir()
+                 if releases.RELEASE_ID.match(p.name) and p.name != current]
+        yield from sorted(names, key=self._stamp, reverse=True)
+
+
+class Binhost:
+    """Component of an Orchestrator: runs the Site on its own thread and event loop."""
+
+    def __init__(self, node: Orchestrator, host: str | None = None, port: int | None = None) -> None:
+        me = node.config.me()
+        self.host = host if host is not None else me.host
+        self.port = port if port is not None else me.binhost_port
+        self.site = Site(node)
+        self._loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"binhost-{node.name}", daemon=True)
+        self._thread.start()
+        if not self._started.wait(START_TIMEOUT) or self._error is not None:
+            self.close()
+            raise ConfigError(f"the binhost cannot listen on {self.host}:{self.port} ({self._error}); "
+                              "stop whatever uses that port or change binhost_port")
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._start())
+        except BaseException as exc:  # noqa: BLE001 - reported to the constructor
+            self._error = exc
+            self._started.set()
+            return
+        self._started.set()
+        self._loop.run_forever()
+
+    async def _start(self) -> None:
+        self._runner = web.AppRunner(self.site.app(), access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.host, self.port, reuse_address=True).start()
+        self.port = self._runner.addresses[0][1]
+        log.info("binhost serving on %s", self.url)
+
+    # --- component protocol --------------------------------------------------------------
+    def register(self, poller: Any) -> None:
+        """No ZeroMQ sockets."""
+
+    def on_poll(self, ready: dict) -> None:
+        """Nothing to read."""
+
+    def accepts(self, msg: Any) -> bool:
+        return False
+
+    def handle(self, identity: bytes, msg: Any) -> None:
+        """Never called (accepts nothing)."""
+
+    def on_leadership(self, term: int | None) -> None:
+        """Every orchestrator serves, leader or not."""
+
+    def tick(self, now: float) -> None:
+        """Requests are served on the binhost thread."""
+
+    def close(self) -> None:
+        if self._thread.is_alive() and self._runner is not None and self._loop.is_running():
+            done = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)
+            try:
+                done.result(START_TIMEOUT)
+            except Exception:  # noqa: BLE001 - shutting down regardless
+                log.exception("binhost shutdown was not clean")
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(START_TIMEOUT)
+        if not self._loop.is_closed() and not self._thread.is_alive():
+            self._loop.close()

@@ -1,0 +1,378 @@
+"""Replication: every orchestrator stores every received artifact, and the log says who holds what.
+
+Why pull, over the binhost's HTTP: the leader only has to write each file once; each follower
+fetches what it lacks from any holder (`GET /store/<sha256>`, sendfile on the server, TCP
+flow control, 1 MiB reads into a temp file, sha256 checked before the rename), at its own
+pace, and a new leader uses the same path to fill its gaps after a failover. A stored file
+counts only once `hold` is committed, so "received" always means "on the holders the log
+names".
+
+Nothing is lost silently: a received package whose file no live orchestrator can serve for
+LOST_GRACE seconds is put back to needed by the leader (`lose`), with a log line, and a
+stored file that stops matching its sha256 (found by the background scrubber, by a size
+check at start-up, or when it is indexed) is dropped, `unhold` is committed and the file is
+fetched again. A stored file that neither a received package nor one of the last
+`keep_releases` releases refers to (a lost package's old copy, a rejected commit's file) is
+removed after GC_GRACE.
+
+A fetched file is not fsynced before `hold`: the Raft journal itself is only safe against a
+killed process, not a power loss (FACTS.md), and what a power loss does to a fetched copy is
+what the start-up size check and the scrubber repair. It halves the time to replicate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import re
+import threading
+import time
+import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from swarmmesh.errors import ArtifactError
+
+if TYPE_CHECKING:
+    from swarmmesh.artifacts import Store
+    from swarmmesh.orchestrator import Orchestrator
+
+log = logging.getLogger(__name__)
+
+CHECK_PERIOD = 0.1
+FETCH_WORKERS = 3
+FETCH_TIMEOUT = 10.0
+CHUNK = 1 << 20
+LOST_GRACE = 10.0  # from the first failed fetch: outlasts a paused or briefly cut-off holder
+RETRY_MIN, RETRY_MAX = 0.25, 2.0
+GC_PERIOD = 10.0
+GC_GRACE = 60.0  # a file the Receiver just stored is unreferenced until its commit lands
+SCRUB_RATE = 32 << 20  # bytes per second: a background check must not starve serving
+SCRUB_PASS = 5.0  # seconds between the starts of two passes over the store
+_SHA256 = re.compile(r"[0-9a-f]{64}\Z")
+
+
+class FetchError(ArtifactError):
+    """No holder could supply a file; the message lists why, per holder."""
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    host: str
+    port: int
+
+
+def scan_store(root: Path) -> set[str]:
+    """The sha256 names of the files in a store directory (`ab/abcdef...`)."""
+    held = set()
+    for sub in root.iterdir() if root.is_dir() else ():
+        if len(sub.name) == 2 and sub.is_dir():
+            held.update(f.name for f in sub.iterdir() if _SHA256.match(f.name) and f.name[:2] == sub.name)
+    return held
+
+
+def fetch(store: Store, sha256: str, size: int | None, sources: list[Source],
+          stop: threading.Event | None = None) -> str:
+    """Fetch one file from the first source that delivers it intact; returns that source's name."""
+    problems = []
+    for src in sources:
+        try:
+            fetch_from(store, sha256, size, src.host, src.port, stop=stop)
+            return src.name
+        except (OSError, http.client.HTTPException, ArtifactError) as exc:
+            problems.append(f"{src.name}: {exc}")
+    raise FetchError("; ".join(problems) or "no orchestrator is listed as holding it")
+
+
+def fetch_from(store: Store, sha256: str, size: int | None, host: str, port: int, *,
+               stop: threading.Event | None = None) -> None:
+    """Stream `GET /store/<sha256>` into a temp file, check size and sha256, then rename."""
+    conn = http.client.HTTPConnection(host, port, timeout=FETCH_TIMEOUT)
+    try:
+        conn.request("GET", f"/store/{sha256}")
+        resp = conn.getresponse()
+        if resp.status != 200:
+            raise ArtifactError(f"HTTP {resp.status}")
+        tmp, fh = store.temp_file()
+        try:
+            with fh:
+                digest, got = _copy(resp, fh, size, stop)
+            if size is not None and got != size:
+                raise ArtifactError(f"got {got} bytes, the log says {size}")
+            if digest != sha256:
+                raise ArtifactError(f"sha256 mismatch (got {digest[:12]}): its copy is corrupt")
+            store.put(tmp, sha256)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    finally:
+        conn.close()
+
+
+def _copy(resp: http.client.HTTPResponse, fh: Any, size: int | None,
+          stop: threading.Event | None) -> tuple[str, int]:
+    digest, got = hashlib.sha256(), 0
+    buf = memoryview(bytearray(CHUNK))
+    while n := resp.readinto(buf):
+        if stop is not None and stop.is_set():
+            raise FetchError("shutting down")
+        got += n
+        if size is not None and got > size:
+            raise ArtifactError(f"more than the {size} bytes the log records")
+        digest.update(buf[:n])
+        fh.write(buf[:n])
+    return digest.hexdigest(), got
+
+
+def verify(path: Path, sha256: str, rate: float, stop: threading.Event) -> tuple[int, bool] | None:
+    """(inode, intact) of a stored file, read at most `rate` bytes/s; (0, False) if it is gone,
+    None if stopped."""
+    digest, start, done = hashlib.sha256(), time.monotonic(), 0
+    try:
+        with open(path, "rb") as fh:
+            inode = os.fstat(fh.fileno()).st_ino
+            while chunk := fh.read(CHUNK):
+                digest.update(chunk)
+                done += len(chunk)
+                ahead = done / rate - (time.monotonic() - start)
+                if stop.wait(ahead) if ahead > 0 else stop.is_set():  # rate limit, or shut down
+                    return None
+    except FileNotFoundError:
+        return 0, False
+    return inode, digest.hexdigest() == sha256
+
+
+class Replicator:
+    """Component of an Orchestrator: keeps this node's store complete and the log's holders true."""
+
+    def __init__(self, node: Orchestrator) -> None:
+        self.node = node
+        self.me = node.name
+        self.store: Store = node.receiver.store
+        self.held = scan_store(self.store.root)
+        self._lock = threading.Lock()  # guards `held` against the scrubber's copy
+        self._addrs = {o.name: o for o in node.config.orchestrators}
+        self._pool = ThreadPoolExecutor(FETCH_WORKERS, thread_name_prefix=f"fetch-{node.name}")
+        self._fetching: dict[str, Future] = {}
+        self._retry: dict[str, tuple[int, float]] = {}  # sha -> (failures, next attempt)
+        self._failing: dict[str, float] = {}  # sha -> since when no holder could serve it
+        self._committing: set[tuple[str, str]] = set()
+        self._refetch: set[str] = set()  # dropped as corrupt: relink releases once fetched again
+        self._seen: tuple[int, dict[str, dict]] = (-1, {})
+        self._sizes_checked = False
+        self._next = self._now = 0.0
+        self._next_gc: float | None = None  # the first collection waits GC_GRACE after start-up
+        self._stop = threading.Event()
+        self._scrubber = threading.Thread(target=self._scrub, name=f"scrub-{node.name}", daemon=True)
+        self._scrubber.start()
+
+    # --- services for other components ---------------------------------------------------
+    def has(self, sha256: str) -> bool:
+        return sha256 in self.held
+
+    def path(self, sha256: str) -> Path:
+        return self.store.path(sha256)
+
+    def corrupt(self, sha256: str, reason: str, inode: int | None = None) -> None:
+        """Drop a stored file that no longer matches its sha256 (loop thread only)."""
+        path = self.store.path(sha256)
+        if sha256 not in self.held:
+            return  # already dropped (a second report of the same problem)
+        try:
+            if inode is not None and os.stat(path).st_ino != inode:
+                return  # already replaced by a good copy since the check started
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        with self._lock:
+            self.held.discard(sha256)
+        self.node.releases.entries.forget(sha256)
+        self._refetch.add(sha256)
+        log.warning("stored file %s dropped (%s); fetching it again", sha256[:12], reason)
+        self._commit("unhold", sha256)
+
+    # --- component protocol --------------------------------------------------------------
+    def register(self, poller: Any) -> None:
+        """No sockets: fetches use HTTP on worker threads."""
+
+    def on_poll(self, ready: dict) -> None:
+        """Nothing to read."""
+
+    def accepts(self, msg: Any) -> bool:
+        return False
+
+    def handle(self, identity: bytes, msg: Any) -> None:
+        """Never called (accepts nothing)."""
+
+    def on_leadership(self, term: int | None) -> None:
+        self._failing.clear()  # a new leader gives every holder a fresh grace period
+
+    def close(self) -> None:
+        self._stop.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._scrubber.join(5)
+
+    def tick(self, now: float) -> None:
+        if now < self._next:
+            return
+        self._next, self._now = now + CHECK_PERIOD, now
+        if not self._sizes_checked:
+            self._sizes_checked = True
+            self._check_sizes()
+        if self._next_gc is None:
+            self._next_gc = now + GC_GRACE
+        elif now >= self._next_gc and self._caught_up():
+            self._next_gc = now + GC_PERIOD
+            self._collect()
+        for sha, info in self._wanted().items():
+            if sha in self.held or self._adopt(sha):
+                if self.me not in info["holders"]:
+                    self._commit("hold", sha)
+            elif sha not in self._fetching:
+                self._want(sha, info, now)
+
+    # --- deciding --------------------------------------------------------------------------
+    def _wanted(self) -> dict[str, dict]:
+        version = self.node.election.read(lambda q: q.files_version)
+        if version != self._seen[0]:
+            wanted = self.node.election.read(lambda q: q.artifacts())
+            self._seen = (version, wanted)
+            for table in (self._retry, self._failing):
+                for sha in [s for s in table if s not in wanted]:
+                    del table[sha]
+        return self._seen[1]
+
+    def _check_sizes(self) -> None:
+        """Once, at start-up: a copy cut short (a power loss after a fetch) is fetched again."""
+        for sha, info in self._wanted().items():
+            if sha in self.held and isinstance(info.get("size"), int):
+                try:
+                    size = self.store.path(sha).stat().st_size
+                except FileNotFoundError:
+                    size = -1
+                if size != info["size"]:
+                    self.corrupt(sha, f"{size} bytes where the log records {info['size']}")
+
+    def _caught_up(self) -> bool:
+        """Collect only with a leader known and its commits applied: a node replaying its log
+        must not take files of entries it has not applied yet for unreferenced ones."""
+        commit, applied = self.node.election.indexes()
+        return applied >= commit and self.node.leader_name() is not None
+
+    def _collect(self) -> None:
+        """Remove stored files nothing refers to any more (once they are GC_GRACE old)."""
+        keep = self.node.config.keep_releases
+        kept = self.node.election.read(lambda q: {f["sha256"] for r in q.releases[-keep:] for f in r.files})
+        referenced = kept | set(self._wanted()) | set(self._fetching)
+        cutoff = time.time() - GC_GRACE
+        for sha in sorted(scan_store(self.store.root) - referenced):
+            path = self.store.path(sha)
+            try:
+                if path.stat().st_mtime > cutoff:
+                    continue
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            with self._lock:
+                self.held.discard(sha)
+            self.node.releases.entries.forget(sha)
+            log.info("removed %s from the store: no package or kept release refers to it", sha[:12])
+            self._commit("unhold", sha)
+
+    def _adopt(self, sha256: str) -> bool:
+        """A file the Receiver (or a previous run) put in the store is ours without a fetch."""
+        if not self.store.has(sha256):
+            return False
+        with self._lock:
+            self.held.add(sha256)
+        return True
+
+    def _want(self, sha: str, info: dict, now: float) -> None:
+        if self.me in info["holders"]:
+            self._commit("unhold", sha)  # the log says we hold it, but we do not
+        sources = self._sources(sha, info["holders"])
+        if not sources or sha in self._failing:
+            why = "its holders did not serve it" if sources else "no other orchestrator holds it"
+            if self._maybe_lost(sha, info, now, why) or not sources:
+                return
+        if now < self._retry.get(sha, (0, 0.0))[1]:
+            return
+        future = self._pool.submit(fetch, self.store, sha, info.get("size"), sources, self._stop)
+        self._fetching[sha] = future
+        future.add_done_callback(lambda f: self.node.post(lambda: self._fetched(sha, info, f)))
+
+    def _sources(self, sha: str, holders: list[str]) -> list[Source]:
+        """Holders other than us that the config knows, rotated so followers spread the load."""
+        known = [self._addrs[h] for h in holders if h != self.me and h in self._addrs]
+        if not known:
+            return []
+        turn = zlib.crc32(f"{self.me}:{sha}".encode()) % len(known)
+        return [Source(a.name, a.host, a.binhost_port) for a in known[turn:] + known[:turn]]
+
+    def _fetched(self, sha: str, info: dict, future: Future) -> None:
+        del self._fetching[sha]
+        self._next = 0.0  # a worker is free: start the next fetch now, not at the next period
+        try:
+            source = future.result()
+        except Exception as exc:  # noqa: BLE001 - any failure means "try again later"
+            failures = self._retry.get(sha, (0, 0.0))[0] + 1
+            self._retry[sha] = (failures, self._now + min(RETRY_MAX, RETRY_MIN * 2 ** (failures - 1)))
+            self._failing.setdefault(sha, self._now)
+            log.log(logging.WARNING if failures == 1 else logging.DEBUG, "cannot fetch %s (%s) yet: %s",
+                    sha[:12], info.get("key") or "release file", exc)
+            return
+        self._retry.pop(sha, None)
+        self._failing.pop(sha, None)
+        with self._lock:
+            self.held.add(sha)
+        log.info("fetched %s (%s, %s bytes) from %s", sha[:12], info.get("key") or "release file",
+                 info.get("size"), source)
+        self._commit("hold", sha)
+        if sha in self._refetch:
+            self._refetch.discard(sha)
+            self.node.releases.relink(sha)
+
+    def _maybe_lost(self, sha: str, info: dict, now: float, why: str) -> bool:
+        """Leader only: after LOST_GRACE without any holder serving it, rebuild the package."""
+        since = self._failing.setdefault(sha, now)
+        if not self.node.is_leader() or info.get("key") is None or now - since < LOST_GRACE:
+            return False
+        holders = ", ".join(info["holders"]) or "none"
+        reason = f"artifact lost: {why} (holders: {holders}); building it again"
+        log.warning("%s: %s", info["key"], reason)
+        self._failing.pop(sha, None)
+        self._retry.pop(sha, None)
+        self._commit("lose", info["key"], sha, reason, time.time())
+        return True
+
+    def _commit(self, command: str, sha_or_key: str, *more: Any) -> None:
+        args = (sha_or_key, *more) if command == "lose" else (sha_or_key, self.me)
+        mark = (command, sha_or_key)
+        if mark in self._committing:
+            return
+        self._committing.add(mark)
+
+        def then(result: Any, err: str | None) -> None:
+            self._committing.discard(mark)
+            if err is not None:
+                log.debug("%s %s not committed: %s", command, sha_or_key[:12], err)
+
+        self.node.commit(command, *args, then=then)
+
+    # --- scrubbing (its own thread) ----------------------------------------------------------
+    def _scrub(self) -> None:
+        while not self._stop.wait(SCRUB_PASS):
+            with self._lock:
+                todo = sorted(self.held)
+            for sha in todo:
+                checked = verify(self.store.path(sha), sha, SCRUB_RATE, self._stop)
+                if self._stop.is_set():
+                    return
+                if checked is not None and not checked[1]:
+                    inode, why = checked[0], "missing" if not checked[0] else "sha256 mismatch found by the scrubber"
+                    self.node.post(lambda s=sha, i=inode or None, w=why: self.corrupt(s, w, i))

@@ -1,0 +1,252 @@
+"""The binhost HTTP server: current release, staging feed, store, and nothing else."""
+
+from __future__ import annotations
+
+import email.utils
+import gzip
+import hashlib
+import http.client
+import json
+import os
+import queue
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from swarmmesh import gentoo, releases
+from swarmmesh.artifacts import Store
+from swarmmesh.binhost import Binhost
+from swarmmesh.config import OrchestratorAddr
+from swarmmesh.errors import ConfigError
+from swarmmesh.gateway import ClusterView, choose_binhost
+from swarmmesh.protocol import LeaderInfo, NodeInfo
+from swarmmesh.queue import BuildQueue
+
+
+class FakeNode:
+    """What the components need of an Orchestrator: a real queue applied at once (a one-node
+    "Raft"), a real store, and a loop whose posted callbacks the test runs with `run_posted`."""
+
+    def __init__(self, name: str, data_dir: Path, orchestrators: tuple = (), leader: bool = False) -> None:
+        self.name = name
+        self.config = SimpleNamespace(name=name, data_dir=data_dir, orchestrators=orchestrators, keep_releases=2,
+                                      auto_finalize=False, me=lambda: SimpleNamespace(host="127.0.0.1", binhost_port=0))
+        self.queue = BuildQueue()
+        self.lock = threading.RLock()
+        self.election = SimpleNamespace(read=self.read, indexes=lambda: (1, 1))
+        self.receiver = SimpleNamespace(store=Store(data_dir / "store"))
+        self.releases = SimpleNamespace(serving=None, staging=releases.Feed(), relinked=[],
+                                        entries=releases.Entries(data_dir / "entries"))
+        self.releases.relink = self.releases.relinked.append
+        self.leader = leader
+        self.term = 1
+        self.commits: list[tuple] = []
+        self.posted: queue.SimpleQueue = queue.SimpleQueue()
+
+    def read(self, fn):
+        with self.lock:
+            return fn(self.queue)
+
+    def commit(self, command: str, *args, then=None) -> None:
+        self.commits.append((command, *args))
+        with self.lock:
+            result = getattr(self.queue, command)(*args)
+        if then is not None:
+            self.post(lambda: then(result, None))
+
+    def post(self, fn) -> None:
+        self.posted.put(fn)
+
+    def run_posted(self) -> int:
+        done = 0
+        while True:
+            try:
+                fn = self.posted.get_nowait()
+            except queue.Empty:
+                return done
+            fn()
+            done += 1
+
+    def is_leader(self) -> bool:
+        return self.leader
+
+    def leader_name(self) -> str | None:
+        return self.name if self.leader else "o1"
+
+
+def store_gpkg(node: FakeNode, cpv: str, size: int = 6000, seed: int = 0) -> gentoo.GpkgInfo:
+    """A real GPKG in the node's store; returns what inspect_gpkg says of it."""
+    tmp = node.receiver.store.tmp / f"{cpv.replace('/', '_')}-{seed}.gpkg.tar"
+    gentoo.write_gpkg(tmp, cpv, size=size, seed=seed)
+    info = gentoo.inspect_gpkg(tmp)
+    node.receiver.store.put(tmp, info.sha256)
+    return info
+
+
+def logged(info: gentoo.GpkgInfo) -> dict:
+    """What the log records about a file (the leader computed it when it received the file)."""
+    return {"size": info.size, "md5": info.md5, "sha1": info.sha1}
+
+
+def receive(node: FakeNode, info: gentoo.GpkgInfo, holders: tuple = ("o1",)) -> None:
+    """Queue, delegate and complete the package whose GPKG `info` describes."""
+    q = node.queue
+    q.submit(f"b-{info.cpv}", "test", [(info.cpv, info.cpv, None)], None, 0.0)
+    q.delegate(info.cpv, "d1", 1, 0.0, 60.0)
+    result = {"sha256": info.sha256, "size": info.size, "md5": info.md5, "sha1": info.sha1, "build_id": 1,
+              "path": gentoo.gpkg_relpath(info.cpv, 1), "holders": list(holders)}
+    assert q.complete(info.cpv, "d1", 1, result, 1.0)["ok"]
+
+
+def publish(node: FakeNode, release_id: str, stamp: int, infos: list[gentoo.GpkgInfo]) -> Path:
+    """Build a release directory of these packages by hand and point `current` at it."""
+    store, entries = node.receiver.store, node.releases.entries
+    links, index = [], []
+    for info in infos:
+        path = gentoo.gpkg_relpath(info.cpv, 1)
+        links.append((store.path(info.sha256), path))
+        index.append(releases.index_entry(entries.compute(info.sha256, store.path(info.sha256), logged(info)), path))
+    root = Path(node.config.data_dir) / "releases"
+    root.mkdir(exist_ok=True)
+    folder = releases.build_release(root, release_id, stamp, links, index)
+    releases.point_current(Path(node.config.data_dir), release_id)
+    node.releases.serving = release_id
+    return folder
+
+
+@pytest.fixture
+def node(tmp_path):
+    return FakeNode("o1", tmp_path / "o1", leader=True)
+
+
+@pytest.fixture
+def served(node):
+    host = Binhost(node, host="127.0.0.1", port=0)
+    yield node, host
+    host.close()
+
+
+def get(host: Binhost, path: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", host.port, timeout=5)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
+def test_serves_the_current_release_with_ranges_and_if_modified_since(served):
+    node, host = served
+    assert get(host, "/Packages")[0] == 404  # no release yet
+    info = store_gpkg(node, "app-misc/a-1.0")
+    publish(node, "r-1", 1_700_000_000, [info])
+    status, headers, body = get(host, "/Packages")
+    assert status == 200 and b"CPV: app-misc/a-1.0" in body and b"TIMESTAMP: 1700000000" in body
+    assert email.utils.parsedate_to_datetime(headers["Last-Modified"]).timestamp() == 1_700_000_000
+    since = email.utils.formatdate(1_700_000_000, usegmt=True)
+    assert get(host, "/Packages", {"If-Modified-Since": since})[0] == 304
+    assert gzip.decompress(get(host, "/Packages.gz")[2]) == body
+    path = "/" + gentoo.gpkg_relpath(info.cpv, 1)
+    status, _, whole = get(host, path)
+    assert status == 200 and hashlib.sha256(whole).hexdigest() == info.sha256
+    status, headers, part = get(host, path, {"Range": "bytes=100-199"})
+    assert status == 206 and part == whole[100:200] and headers["Content-Range"].startswith("bytes 100-199/")
+
+
+def test_a_package_of_the_previous_release_is_still_served_after_the_swap(served):
+    node, host = served
+    old, new = store_gpkg(node, "app-misc/old-1.0"), store_gpkg(node, "app-misc/new-1.0")
+    publish(node, "r-1", 100, [old])
+    publish(node, "r-2", 200, [new])
+    assert b"app-misc/old-1.0" not in get(host, "/Packages")[2]
+    assert get(host, "/" + gentoo.gpkg_relpath(old.cpv, 1))[0] == 200
+    assert get(host, "/app-misc/ghost/ghost-1.0-1.gpkg.tar")[0] == 404
+
+
+@pytest.mark.parametrize("path", [
+    "/../store", "/%2e%2e/raft.journal", "/releases/r-1/Packages", "/current/Packages", "/raft.journal",
+    "/store/notasha", "/store/../raft.journal", "/entries", "/app-misc/a/..%2f..%2fraft.journal",
+    "/staging/../raft.journal", "/app-misc/a/a-1.0-1.txt", "/a/b/c/d.gpkg.tar",
+])
+def test_nothing_but_release_files_is_reachable(served, path):
+    node, host = served
+    publish(node, "r-1", 100, [store_gpkg(node, "app-misc/a-1.0")])
+    (Path(node.config.data_dir) / "raft.journal").write_text("secret")
+    status, _, body = get(host, path)
+    assert status in (400, 404) and b"secret" not in body
+
+
+def test_a_symlink_planted_in_a_release_is_not_followed(served, tmp_path):
+    node, host = served
+    folder = publish(node, "r-1", 100, [store_gpkg(node, "app-misc/a-1.0")])
+    (tmp_path / "outside.txt").write_text("secret")
+    (folder / "app-misc" / "a" / "evil-1.0-1.gpkg.tar").symlink_to(tmp_path / "outside.txt")
+    assert get(host, "/app-misc/a/evil-1.0-1.gpkg.tar")[0] == 404
+
+
+def test_staging_feed_store_and_release_endpoints(served):
+    node, host = served
+    info = store_gpkg(node, "app-misc/s-1.0")
+    path = gentoo.gpkg_relpath(info.cpv, 1)
+    node.releases.staging = releases.Feed(b"staging index\n", {path: info.sha256}, ())
+    assert get(host, "/staging/Packages")[2] == b"staging index\n"
+    status, _, body = get(host, "/staging/" + path)
+    assert status == 200 and hashlib.sha256(body).hexdigest() == info.sha256
+    assert get(host, "/staging/app-misc/x/x-1.0-1.gpkg.tar")[0] == 404
+    status, _, body = get(host, f"/store/{info.sha256}")
+    assert status == 200 and hashlib.sha256(body).hexdigest() == info.sha256
+    assert get(host, "/store/" + "0" * 64)[0] == 404
+    receive(node, info)
+    node.queue.finalize("r-9", 5000.0, False)
+    publish(node, "r-9", 5000, [info])
+    assert json.loads(get(host, "/release")[2]) == {
+        "node": "o1", "serving": "r-9", "serving_stamp": 5000, "newest": "r-9", "newest_stamp": 5000}
+
+
+def test_a_taken_port_is_a_config_error(served):
+    node, host = served
+    with pytest.raises(ConfigError, match="cannot listen"):
+        Binhost(node, host="127.0.0.1", port=host.port)
+    assert os.path.isdir(node.config.data_dir)
+
+
+# --- the gateway's choice (gateway.choose_binhost) --------------------------------------------
+
+def _view() -> ClusterView:
+    view = ClusterView([OrchestratorAddr(n, "127.0.0.1", 1, 2, 3, 4, port) for n, port in
+                        (("a", 5001), ("b", 5002), ("c", 5003))], window=2.0)
+    view.heard(LeaderInfo(name="a", term=2, broker="", artifacts="", events="", binhost="http://a/"), 10.0)
+    for name in "abc":
+        view.heard(NodeInfo(name=name, role="x", term=2, leader="a"), 10.0)
+    return view
+
+
+def _serves(view, name: str, serving: int, newest: int, now: float = 10.0) -> None:
+    view.binhost_heard(name, {"serving_stamp": serving, "newest_stamp": newest}, now)
+
+
+def test_binhost_choice_prefers_the_leader_among_those_serving_the_newest_release():
+    view = _view()
+    assert choose_binhost(view, 10.5) == "http://a/"  # nothing released yet: the leader
+    _serves(view, "a", 100, 200)  # the leader is still building release 200
+    _serves(view, "b", 200, 200)
+    _serves(view, "c", 200, 200)
+    assert choose_binhost(view, 10.5) == "http://127.0.0.1:5002/"
+    _serves(view, "a", 200, 200, now=10.2)
+    assert choose_binhost(view, 10.5) == "http://a/"
+    view.binhost_heard("zz", {"serving_stamp": 999, "newest_stamp": 999}, 10.0)  # a stranger
+    view.binhost_heard("b", {"serving_stamp": "999", "newest_stamp": 1}, 10.3)  # malformed: ignored
+    assert choose_binhost(view, 10.5) == "http://a/"
+
+
+def test_binhost_choice_skips_silent_nodes_and_serves_without_a_leader():
+    view = _view()
+    _serves(view, "a", 200, 200)
+    _serves(view, "c", 200, 200, now=11.5)
+    view.heard(NodeInfo(name="c", role="candidate", term=3, leader=None), 11.5)
+    # a fell silent (leader beacon and binhost answers older than the 2 s window): c still serves
+    assert choose_binhost(view, 12.5) == "http://127.0.0.1:5003/"
+    assert choose_binhost(view, 14.0) is None

@@ -1,0 +1,207 @@
+"""Replication: fetching from holders, holders in the log, lost files, corrupt files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+
+import pytest
+
+from swarmmesh import replication
+from swarmmesh.binhost import Binhost
+from swarmmesh.config import OrchestratorAddr
+from swarmmesh.errors import ArtifactError
+from swarmmesh.queue import NEEDED
+from swarmmesh.replication import Replicator, Source, fetch, fetch_from, scan_store, verify
+from tests.conftest import free_port, wait_until
+from tests.test_binhost import FakeNode, receive, store_gpkg
+
+
+def addr(name: str, port: int) -> OrchestratorAddr:
+    return OrchestratorAddr(name, "127.0.0.1", 1, 2, 3, 4, port)
+
+
+@pytest.fixture
+def holder(tmp_path):
+    """o1: holds files and serves them over a real binhost."""
+    node = FakeNode("o1", tmp_path / "o1")
+    host = Binhost(node, host="127.0.0.1", port=0)
+    yield node, host
+    host.close()
+
+
+@pytest.fixture
+def make_replicator(tmp_path):
+    made = []
+
+    def make(name: str, orchestrators: tuple, leader: bool = False) -> tuple[FakeNode, Replicator]:
+        node = FakeNode(name, tmp_path / name, orchestrators, leader=leader)
+        rep = Replicator(node)
+        node.replicator = rep
+        made.append(rep)
+        return node, rep
+
+    yield make
+    for rep in made:
+        rep.close()
+
+
+def test_scan_store_finds_only_content_addressed_files(holder):
+    node, _ = holder
+    info = store_gpkg(node, "app-misc/a-1.0")
+    (node.receiver.store.root / "zz").mkdir()
+    (node.receiver.store.root / "zz" / ("f" * 64)).write_text("misplaced")
+    (node.receiver.store.tmp / "x.part").write_text("partial")
+    assert scan_store(node.receiver.store.root) == {info.sha256}
+
+
+def test_fetch_from_checks_sha256_and_size_and_leaves_no_temp_file(holder, tmp_path):
+    src, host = holder
+    info = store_gpkg(src, "app-misc/a-1.0")
+    dest = FakeNode("o2", tmp_path / "o2").receiver.store
+    fetch_from(dest, info.sha256, info.size, "127.0.0.1", host.port)
+    assert hashlib.sha256(dest.path(info.sha256).read_bytes()).hexdigest() == info.sha256
+    with pytest.raises(ArtifactError, match="HTTP 404"):
+        fetch_from(dest, "1" * 64, None, "127.0.0.1", host.port)
+    with pytest.raises(ArtifactError, match="more than"):
+        fetch_from(FakeNode("o3", tmp_path / "o3").receiver.store, info.sha256, 10, "127.0.0.1", host.port)
+    path = src.receiver.store.path(info.sha256)
+    data = bytearray(path.read_bytes())
+    data[3000] ^= 0xFF
+    path.write_bytes(bytes(data))
+    other = FakeNode("o4", tmp_path / "o4").receiver.store
+    with pytest.raises(ArtifactError, match="sha256 mismatch"):
+        fetch_from(other, info.sha256, info.size, "127.0.0.1", host.port)
+    assert not other.has(info.sha256) and list(other.tmp.iterdir()) == []
+
+
+def test_fetch_tries_every_source_and_says_why_each_failed(holder, tmp_path):
+    src, host = holder
+    info = store_gpkg(src, "app-misc/a-1.0")
+    dest = FakeNode("o2", tmp_path / "o2").receiver.store
+    dead = Source("dead", "127.0.0.1", free_port())
+    assert fetch(dest, info.sha256, info.size, [dead, Source("o1", "127.0.0.1", host.port)]) == "o1"
+    with pytest.raises(replication.FetchError, match="dead: .*refused"):
+        fetch(dest, "3" * 64, None, [dead])
+
+
+def test_verify_reports_intact_corrupt_and_missing_files(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 5000)
+    sha, stop = hashlib.sha256(b"x" * 5000).hexdigest(), threading.Event()
+    inode = path.stat().st_ino
+    assert verify(path, sha, 1e9, stop) == (inode, True)
+    assert verify(path, "0" * 64, 1e9, stop) == (inode, False)
+    assert verify(tmp_path / "missing", sha, 1e9, stop) == (0, False)
+    stop.set()
+    assert verify(path, sha, 10.0, stop) is None  # a rate-limited check stops on shutdown
+
+
+def test_follower_fetches_received_files_and_commits_hold(holder, make_replicator):
+    src, host = holder
+    info = store_gpkg(src, "app-misc/a-1.0")
+    node, rep = make_replicator("o2", (addr("o1", host.port), addr("o2", 1)))
+    receive(node, info, holders=("o1",))
+    rep.tick(time.monotonic())
+    wait_until(lambda: node.run_posted() or rep.has(info.sha256), 5, what="the fetch")
+    wait_until(lambda: node.run_posted() or node.queue.holders(info.sha256) == ["o1", "o2"], 5, what="hold")
+    assert ("hold", info.sha256, "o2") in node.commits
+    rep.tick(time.monotonic() + 1)
+    assert [c[0] for c in node.commits].count("hold") == 1  # held and listed: nothing more to do
+
+
+def test_a_file_in_the_store_is_adopted_without_fetching(make_replicator):
+    node, rep = make_replicator("o1", (addr("o1", 1),), leader=True)
+    info = store_gpkg(node, "app-misc/a-1.0")  # what the Receiver did
+    receive(node, info, holders=())
+    rep.tick(time.monotonic())
+    node.run_posted()
+    assert node.queue.holders(info.sha256) == ["o1"] and rep.has(info.sha256)
+
+
+def test_leader_puts_a_file_nobody_serves_back_to_needed_after_the_grace(make_replicator, monkeypatch):
+    monkeypatch.setattr(replication, "LOST_GRACE", 0.3)
+    node, rep = make_replicator("o2", (addr("o1", free_port()), addr("o2", 1)), leader=True)
+    node.queue.submit("b1", "t", [("app-misc/a-1.0", "app-misc/a-1.0", None)], None, 0.0)
+    node.queue.delegate("app-misc/a-1.0", "d1", 1, 0.0, 60.0)
+    node.queue.complete("app-misc/a-1.0", "d1", 1, {"sha256": "a" * 64, "size": 5000, "holders": ["o1"]}, 1.0)
+
+    def lost() -> bool:
+        rep.tick(time.monotonic() + 10)  # past CHECK_PERIOD every time
+        node.run_posted()
+        return node.queue.get("app-misc/a-1.0").state == NEEDED
+
+    wait_until(lost, 10, what="the lost package to be requeued")
+    assert "artifact lost" in node.queue.get("app-misc/a-1.0").error
+
+
+def test_a_follower_never_declares_a_file_lost(make_replicator, monkeypatch):
+    monkeypatch.setattr(replication, "LOST_GRACE", 0.0)
+    node, rep = make_replicator("o2", (addr("o2", 1),), leader=False)
+    node.queue.submit("b1", "t", [("app-misc/a-1.0", "app-misc/a-1.0", None)], None, 0.0)
+    node.queue.delegate("app-misc/a-1.0", "d1", 1, 0.0, 60.0)
+    node.queue.complete("app-misc/a-1.0", "d1", 1, {"sha256": "a" * 64, "holders": ["gone"]}, 1.0)
+    for step in range(3):
+        rep.tick(time.monotonic() + step)
+        node.run_posted()
+    assert not any(c[0] == "lose" for c in node.commits)
+
+
+def test_corrupt_file_is_dropped_unheld_fetched_again_and_relinked(holder, make_replicator, monkeypatch):
+    monkeypatch.setattr(replication, "SCRUB_PASS", 0.05)
+    src, host = holder
+    info = store_gpkg(src, "app-misc/a-1.0")
+    node, rep = make_replicator("o2", (addr("o1", host.port), addr("o2", 1)))
+    path = node.receiver.store.path(info.sha256)
+    path.parent.mkdir()
+    data = bytearray(src.receiver.store.path(info.sha256).read_bytes())
+    receive(node, info, holders=("o1", "o2"))
+    data[2000] ^= 0x01
+    path.write_bytes(bytes(data))
+
+    def repaired() -> bool:
+        rep.tick(time.monotonic() + 10)
+        node.run_posted()
+        return ("unhold", info.sha256, "o2") in node.commits and node.releases.relinked == [info.sha256]
+
+    wait_until(repaired, 10, what="the scrubber to find the corrupt file and the fetch to replace it")
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == info.sha256
+    assert node.queue.holders(info.sha256) == ["o1", "o2"]
+
+
+def test_a_copy_cut_short_is_found_at_start_up_and_fetched_again(holder, tmp_path):
+    src, host = holder
+    info = store_gpkg(src, "app-misc/a-1.0")
+    node = FakeNode("o2", tmp_path / "o2", (addr("o1", host.port), addr("o2", 1)))
+    short = node.receiver.store.path(info.sha256)
+    short.parent.mkdir()
+    short.write_bytes(src.receiver.store.path(info.sha256).read_bytes()[:4000])  # a power loss after a fetch
+    receive(node, info, holders=("o1", "o2"))
+    rep = Replicator(node)
+    try:
+        def repaired() -> bool:
+            rep.tick(time.monotonic() + 10)
+            node.run_posted()
+            return short.exists() and short.stat().st_size == info.size
+
+        wait_until(repaired, 10, what="the short copy to be fetched again")
+        assert ("unhold", info.sha256, "o2") in node.commits
+    finally:
+        rep.close()
+
+
+def test_files_nothing_refers_to_are_removed_once_old_enough(make_replicator):
+    node, rep = make_replicator("o1", (addr("o1", 1),), leader=True)
+    used, old, young = (store_gpkg(node, f"app-misc/{n}-1.0") for n in ("used", "old", "young"))
+    receive(node, used, holders=("o1",))
+    hour_ago = time.time() - 3600
+    for info in (used, old):
+        os.utime(node.receiver.store.path(info.sha256), (hour_ago, hour_ago))
+    rep.tick(time.monotonic())
+    rep.tick(time.monotonic() + replication.GC_GRACE + 1)
+    node.run_posted()
+    store = node.receiver.store
+    assert (store.has(used.sha256), store.has(old.sha256), store.has(young.sha256)) == (True, False, True)
+    assert ("unhold", old.sha256, "o1") in node.commits and not rep.has(old.sha256)
