@@ -210,6 +210,7 @@ class BuildQueue:
         self._register_holders(pkg.result)
         self.files_version += 1
         self._streak.pop(drone, None)
+        self._revive_dependants(key)
         self._release_dependants(key)
         self._prune()
         return _ok(state=RECEIVED)
@@ -232,6 +233,8 @@ class BuildQueue:
             pkg.failed_on.append(drone)
         self._set_state(pkg, FAILED if pkg.attempts >= max_attempts else NEEDED)
         self._push_if_ready(pkg)
+        if pkg.state == FAILED:
+            self._fail_dependants(key)
         grounded = self._strike(drone, ground_after)
         return _ok(state=pkg.state, attempts=pkg.attempts, grounded=grounded)
 
@@ -622,7 +625,28 @@ class BuildQueue:
         pkg.attempts, pkg.failed_on = 0, []
         self._set_state(pkg, NEEDED)
         self._push_if_ready(pkg)
+        self._revive_dependants(key)
         return True
+
+    def _fail_dependants(self, key: str) -> None:
+        """A package that cannot be built takes down what waits for it, with the reason, so
+        nothing sits needed forever behind a failure (and finalize can say why)."""
+        for dependant in list(self._rdeps.get(key, ())):
+            pkg = self._packages[dependant]
+            if pkg.state == NEEDED:
+                pkg.error = _dependency_failed(key)
+                self._set_state(pkg, FAILED)
+                self._fail_dependants(dependant)
+
+    def _revive_dependants(self, key: str) -> None:
+        """Undo `_fail_dependants` when `key` gets another chance (unblocked or built)."""
+        for dependant in list(self._rdeps.get(key, ())):
+            pkg = self._packages[dependant]
+            if pkg.state == FAILED and pkg.error == _dependency_failed(key):
+                pkg.error = None
+                self._set_state(pkg, NEEDED)
+                self._push_if_ready(pkg)
+                self._revive_dependants(dependant)
 
     def _strike(self, drone: str, ground_after: int) -> bool:
         streak = self._streak[drone] = self._streak.get(drone, 0) + 1
@@ -663,6 +687,10 @@ class BuildQueue:
     def _release_view(r: Release) -> dict:
         return {"id": r.id, "created_at": r.created_at, "count": len(r.keys), "forced": r.forced,
                 "stamp": r.stamp, "source": r.source}
+
+
+def _dependency_failed(key: str) -> str:
+    return f"dependency {key} failed"
 
 
 def _file_of(pkg: Package) -> dict:

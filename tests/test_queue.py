@@ -696,3 +696,32 @@ class QueueMachine(RuleBasedStateMachine):
 
 QueueMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
 test_queue_state_machine = QueueMachine.TestCase
+
+
+def test_a_failed_dependency_fails_its_dependants_and_unblock_revives_them():
+    q = BuildQueue()
+    q.submit("b", "c", [("a/x-1", "a/x-1", None), ("a/y-1", "a/y-1", None), ("a/z-1", "a/z-1", None)],
+             {"a/y-1": ["a/x-1"], "a/z-1": ["a/y-1"]}, 0.0)
+    q.delegate("a/x-1", "d1", 1, 0.0, 10.0)
+    q.fail("a/x-1", "d1", 1, "boom", 1.0, 1, 5)
+    assert [q.get(k).state for k in ("a/x-1", "a/y-1", "a/z-1")] == ["failed"] * 3
+    assert q.get("a/y-1").error == "dependency a/x-1 failed"
+    assert q.get("a/z-1").error == "dependency a/y-1 failed"
+    assert q.dispatchable(10) == []
+
+    q.unblock(["a/x-1"], 2.0)
+    assert [q.get(k).state for k in ("a/x-1", "a/y-1", "a/z-1")] == ["needed"] * 3
+    assert q.dispatchable(10) == ["a/x-1"]  # dependants still wait for x to be received
+    q.delegate("a/x-1", "d2", 1, 3.0, 10.0)
+    q.complete("a/x-1", "d2", 1, {"sha256": "0" * 64}, 4.0)
+    assert q.dispatchable(10) == ["a/y-1"]
+
+
+def test_a_late_valid_build_of_a_failed_dependency_revives_its_dependants():
+    q = BuildQueue()
+    q.submit("b", "c", [("a/x-1", "a/x-1", None), ("a/y-1", "a/y-1", None)], {"a/y-1": ["a/x-1"]}, 0.0)
+    q.delegate("a/x-1", "d1", 1, 0.0, 10.0)
+    q.fail("a/x-1", "d1", 1, "boom", 1.0, 1, 5)
+    assert q.get("a/y-1").state == "failed"
+    q.complete("a/x-1", "d1", 1, {"sha256": "0" * 64}, 2.0)
+    assert q.get("a/y-1").state == "needed" and q.dispatchable(10) == ["a/y-1"]
