@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from swarmmesh import protocol
-from swarmmesh.protocol import Bye, Heartbeat, Hello, JobFailed
+from swarmmesh.protocol import Busy, Bye, Heartbeat, Hello, JobFailed
 
 if TYPE_CHECKING:
     from swarmmesh.orchestrator import Orchestrator
@@ -44,6 +44,7 @@ class DroneSession:
     last_seen: float
     running: set[str] = field(default_factory=set)   # committed delegations it is building
     pending: set[str] = field(default_factory=set)   # delegations being committed
+    rest_until: float = 0.0                          # said it was busy: no new jobs before this
 
     @property
     def free(self) -> int:
@@ -78,7 +79,7 @@ class Broker:
         self.drones.clear()
 
     def accepts(self, msg: protocol.Message) -> bool:
-        return isinstance(msg, Hello | Heartbeat | JobFailed | Bye)
+        return isinstance(msg, Hello | Heartbeat | JobFailed | Bye | Busy)
 
     def on_leadership(self, term: int | None) -> None:
         """New term: forget sessions (drones re-Hello) and give them a lease's grace before
@@ -96,7 +97,8 @@ class Broker:
         if identity != drone.encode():  # drones use their name as their socket identity
             log.warning("rejected a %r message from %r claiming to be drone %r", msg.TYPE, identity, drone)
             return
-        handler = {Hello: self._hello, Heartbeat: self._heartbeat, JobFailed: self._failed, Bye: self._bye}
+        handler = {Hello: self._hello, Heartbeat: self._heartbeat, JobFailed: self._failed, Bye: self._bye,
+                   Busy: self._busy}
         handler[type(msg)](identity, msg)
 
     def tick(self, now: float) -> None:
@@ -133,7 +135,7 @@ class Broker:
                  msg.drone, msg.cores, msg.slots, msg.builder, len(adopt), len(drop), len(resend))
         me = self.node.config.me()
         self.node.send(identity, protocol.Welcome(leader=self.node.name, term=self._term or 0,
-                                                  artifacts=me.artifacts_url, staging=me.binhost_url,
+                                                  artifacts=me.artifacts_url, staging=me.binhost_url + "staging/",
                                                   adopt=adopt, drop=drop))
         for key, sha in stored:
             self.node.send(identity, protocol.Stored(key=key, sha256=sha))
@@ -175,6 +177,17 @@ class Broker:
 
         self.node.commit("fail", msg.key, msg.drone, msg.term, error, self.wall(),
                          self.policy.max_attempts, self.policy.ground_after, then=then)
+
+    def _busy(self, identity: bytes, msg: Busy) -> None:
+        """Our slot count was ahead of the drone's (e.g. a cancelled build still dying): the job
+        goes back to needed without an attempt charged, and the drone gets a heartbeat's rest."""
+        session = self.drones.get(msg.drone)
+        if session is not None:
+            session.running.discard(msg.key)
+            session.rest_until = self.clock() + self.policy.heartbeat_seconds
+        if self.node.election.read(lambda q: _held_by(q, msg.key, msg.drone)):
+            log.info("drone %s had no free slot for %s: requeued", msg.drone, msg.key)
+            self.node.commit("requeue", [msg.key], f"{msg.drone} had no free slot", self.wall())
 
     def _bye(self, identity: bytes, msg: Bye) -> None:
         self.drones.pop(msg.drone, None)
@@ -223,7 +236,8 @@ class Broker:
     # --- dispatch ------------------------------------------------------------------------
     def dispatch(self) -> None:
         """Hand needed packages to drones with free slots, most free slots and cores first."""
-        free = [d for d in self.drones.values() if d.free > 0]
+        now = self.clock()
+        free = [d for d in self.drones.values() if d.free > 0 and d.rest_until <= now]
         if not free or self._term is None:
             return
         grounded, picks = self.node.election.read(lambda q: _plan(q, free, self.inflight))

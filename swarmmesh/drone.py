@@ -400,7 +400,7 @@ class Drone:
         if old is not None:
             self._settle(old, "superseded by a new attempt")
         if self._busy() >= self.dc.slots:
-            self._send(JobFailed(drone=self.name, key=msg.key, term=msg.term, error="no free slot"))
+            self._send(protocol.Busy(drone=self.name, key=msg.key, term=msg.term))
             return
         self._start(msg)
 

@@ -136,6 +136,16 @@ class JobFailed(Message):
 
 
 @dataclass(frozen=True)
+class Busy(Message):
+    """The drone has no free slot for `key`: put it back without charging an attempt."""
+
+    TYPE: ClassVar[str] = "busy"
+    drone: str
+    key: str
+    term: int
+
+
+@dataclass(frozen=True)
 class Cancel(Message):
     TYPE: ClassVar[str] = "cancel"
     key: str

@@ -15,7 +15,7 @@ import pytest
 from swarmmesh import protocol
 from swarmmesh.broker import Broker
 from swarmmesh.config import GatewayConfig, NodeConfig, OrchestratorAddr, QueuePolicy, RaftTuning
-from swarmmesh.protocol import Ack, Bye, Cancel, Heartbeat, Hello, Job, JobFailed, NotLeader, Stored, Welcome
+from swarmmesh.protocol import Ack, Busy, Bye, Cancel, Heartbeat, Hello, Job, JobFailed, NotLeader, Stored, Welcome
 from swarmmesh.queue import DELEGATED, FAILED, NEEDED, RECEIVED, BuildQueue
 
 TERM = 4
@@ -381,3 +381,21 @@ def test_a_delegation_committed_after_a_rehello_still_reaches_the_drone(make):
     assert state(node, "cat/a-1") == (DELEGATED, "d1")
     complete(broker, node, "cat/a-1", "d1")
     assert state(node, "cat/a-1")[0] == RECEIVED
+
+
+def test_a_busy_drone_gets_its_job_requeued_without_an_attempt_charged(make, clock):
+    broker, node = make()
+    submit(node, "cat/a-1")
+    hello(broker, node, "d1")
+    assert jobs(node) == ["cat/a-1"]
+    broker.handle(b"d1", Busy(drone="d1", key="cat/a-1", term=TERM))
+    node.flush()
+    pkg = node.election.queue.get("cat/a-1")
+    assert (pkg.state, pkg.attempts, pkg.failed_on) == (NEEDED, 0, [])
+    broker.dispatch()
+    node.flush()
+    assert jobs(node) == []  # the drone rests for a heartbeat
+    clock.t += 1.5
+    broker.dispatch()
+    node.flush()
+    assert jobs(node) == ["cat/a-1"]
