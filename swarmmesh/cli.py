@@ -485,9 +485,9 @@ def demo(keep: Path | None) -> None:
     logs.configure(_log_level("warning"))
     report = run_demo(click.echo, keep=keep)
     click.echo("")
-    click.echo(f"{'check':<52} result")
+    click.echo(f"{'check':<60} result")
     for what, ok, detail in report.checks:
-        click.echo(f"{what:<52} {'ok' if ok else 'FAILED'}  {detail}")
+        click.echo(f"{what:<60} {'ok' if ok else 'FAILED'}  {detail}")
     click.echo("")
     rows = [("packages submitted", report.packages), ("counts", report.counts),
             ("leader killed", f"{report.killed} -> {report.new_leader} in {report.failover_seconds:.2f}s"),

@@ -3,11 +3,13 @@
 3 orchestrators, 2 drones on the simulated builder and a gateway, all real processes. It
 submits a sample `emerge -puDN @world`, SIGKILLs the leader halfway through the builds,
 waits for everything to be built, brings the killed node back, finalizes, and checks that
-every orchestrator agrees on the release. Progress goes through `say` (the CLI prints it).
+every orchestrator serves the same release, every file checked as a Portage client would.
+Progress goes through `say` (the CLI prints it).
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -16,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from swarmmesh.errors import ClusterError
-from swarmmesh.harness import LocalCluster, wait_until
+from swarmmesh.harness import LocalCluster, check_binhost, http_get, index_entries, wait_until
 
 Say = Callable[[str], None]
 
@@ -104,11 +106,25 @@ def _settled(c: LocalCluster) -> bool:
 
 
 def _check(c: LocalCluster, report: DemoReport) -> None:
-    """Every orchestrator has applied the same state, and it includes the release."""
+    """Every orchestrator applied the same state and serves the release: the same `Packages`,
+    every file in it matching its SIZE/MD5/SHA1."""
     fingerprint = wait_until(c.converged, 20, "every orchestrator to apply the release")
     report.checks.append(("all 3 orchestrators hold the same queue state", True, fingerprint[:16]))
-    releases = [r["id"] for r in c.api.swarm()["releases"]]
-    report.checks.append((f"release {report.release} is committed", report.release in releases, ""))
+    indexes = {}
+    for name in c.orchestrators:
+        base = c.configs[name].me().binhost_url
+        wait_until(lambda b=base: _serving(b) == report.release, 30, f"{name} to serve {report.release}")
+        index, problems = check_binhost(base)
+        indexes[name] = index
+        entries = len(index_entries(index))
+        report.checks.append((f"{name} serves {report.release}: {entries} files verified",
+                              not problems and entries == report.packages, "; ".join(problems[:3])))
+    same = len(set(indexes.values())) == 1
+    report.checks.append(("Packages byte-identical on every orchestrator", same, ""))
     counts = c.api.status()["counts"]
     report.checks.append(("nothing left needed or building",
                           counts["needed"] == 0 and counts["delegated"] == 0, str(counts)))
+
+
+def _serving(base: str) -> str | None:
+    return json.loads(http_get(base + "release"))["serving"]

@@ -7,10 +7,13 @@ them by pid. Every wait is a poll with a deadline.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -64,6 +67,36 @@ def ask(url: str, op: str, args: dict | None = None, timeout: float = 5.0) -> An
         return reply.result
     finally:
         sock.close(0)
+
+
+def index_entries(index: bytes) -> list[dict[str, str]]:
+    """The package stanzas of a Portage `Packages` file (the first stanza is the header)."""
+    stanzas = [s for s in index.decode("utf-8", "replace").split("\n\n") if s.strip()]
+    return [dict(line.split(": ", 1) for line in st.splitlines() if ": " in line) for st in stanzas[1:]]
+
+
+def http_get(url: str, timeout: float = 10.0) -> bytes:
+    """GET a loopback URL (no proxies); ClusterError on anything but 200."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout) as resp:  # noqa: S310 - our own binhost URL
+            return resp.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise ClusterError(f"GET {url} failed: {getattr(exc, 'reason', exc)}") from None
+
+
+def check_binhost(base: str) -> tuple[bytes, list[str]]:
+    """What a Portage client would check: the `Packages` a binhost serves, and every file it
+    lists downloading with the index's SIZE, MD5 and SHA1. Returns (index, problems)."""
+    index = http_get(base + "Packages")
+    problems = []
+    for entry in index_entries(index):
+        body = http_get(base + entry["PATH"])
+        got = (str(len(body)), hashlib.md5(body).hexdigest(), hashlib.sha1(body).hexdigest())  # noqa: S324
+        if got != (entry.get("SIZE"), entry.get("MD5"), entry.get("SHA1")):
+            problems.append(f"{base}{entry['PATH']}: served {got}, index says "
+                            f"{(entry.get('SIZE'), entry.get('MD5'), entry.get('SHA1'))}")
+    return index, problems
 
 
 def exit_on_sigterm() -> None:

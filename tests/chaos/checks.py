@@ -12,6 +12,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from swarmmesh.harness import index_entries
+
 if TYPE_CHECKING:
     from tests.chaos.evidence import Evidence
     from tests.chaos.workload import Submission
@@ -180,16 +182,6 @@ def check_one_leader_per_term(ev: Evidence) -> Verdict:
 
 
 # --- the release index -------------------------------------------------------------------------
-
-
-def index_entries(index: bytes) -> list[dict[str, str]]:
-    """The package stanzas of a Portage `Packages` file (the first stanza is the header)."""
-    stanzas = [s for s in index.decode("utf-8", "replace").split("\n\n") if s.strip()]
-    entries = []
-    for stanza in stanzas[1:]:
-        fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line)
-        entries.append(fields)
-    return entries
 
 
 def check_release_index(ev: Evidence) -> Verdict:

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from swarmmesh.errors import ClusterError
-from swarmmesh.harness import LocalCluster
-from tests.chaos.checks import index_entries
+from swarmmesh.harness import LocalCluster, index_entries
 from tests.chaos.faults import Injector, has_artifact, job_dirs
 
 log = logging.getLogger(__name__)
