@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import zmq
 
 from swarmmesh import gentoo, protocol, transport
+from swarmmesh.component import Component
 from swarmmesh.errors import ArtifactError, ProtocolError
 
 if TYPE_CHECKING:
@@ -72,11 +73,11 @@ class Store:
         dest = self.path(sha256)
         dest.parent.mkdir(exist_ok=True)
         os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         return dest
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -115,7 +116,7 @@ class Upload:
         self.path.unlink(missing_ok=True)
 
 
-class Receiver:
+class Receiver(Component):
     """Component of an Orchestrator: owns the PULL socket and the store."""
 
     def __init__(self, node: Orchestrator) -> None:
@@ -139,12 +140,6 @@ class Receiver:
                 except zmq.Again:
                     return
                 self._frame(frame)
-
-    def accepts(self, msg: protocol.Message) -> bool:
-        return False
-
-    def handle(self, identity: bytes, msg: protocol.Message) -> None:
-        """Artifacts arrive on the PULL socket, not the ROUTER."""
 
     def on_leadership(self, term: int | None) -> None:
         if term is None:

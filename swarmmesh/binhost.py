@@ -21,11 +21,12 @@ import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from swarmmesh import releases
+from swarmmesh.component import Component
 from swarmmesh.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -123,7 +124,7 @@ class Site:
         yield from sorted(names, key=self._stamp, reverse=True)
 
 
-class Binhost:
+class Binhost(Component):
     """Component of an Orchestrator: runs the Site on its own thread and event loop."""
 
     def __init__(self, node: Orchestrator, host: str | None = None, port: int | None = None) -> None:
@@ -165,24 +166,6 @@ class Binhost:
         log.info("binhost serving on %s", self.url)
 
     # --- component protocol --------------------------------------------------------------
-    def register(self, poller: Any) -> None:
-        """No ZeroMQ sockets."""
-
-    def on_poll(self, ready: dict) -> None:
-        """Nothing to read."""
-
-    def accepts(self, msg: Any) -> bool:
-        return False
-
-    def handle(self, identity: bytes, msg: Any) -> None:
-        """Never called (accepts nothing)."""
-
-    def on_leadership(self, term: int | None) -> None:
-        """Every orchestrator serves, leader or not."""
-
-    def tick(self, now: float) -> None:
-        """Requests are served on the binhost thread."""
-
     def close(self) -> None:
         if self._thread.is_alive() and self._runner is not None and self._loop.is_running():
             done = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)

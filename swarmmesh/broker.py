@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from swarmmesh import protocol
+from swarmmesh.component import Component
 from swarmmesh.protocol import Busy, Bye, Heartbeat, Hello, JobFailed
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ class DroneSession:
         return self.slots - len(self.running) - len(self.pending)
 
 
-class Broker:
+class Broker(Component):
     """Component of an Orchestrator (see orchestrator.Orchestrator.components).
 
     `clock` (monotonic) times drone silence; `wall` stamps lease deadlines, which are
@@ -69,12 +70,6 @@ class Broker:
         self._next_beat = 0.0
 
     # --- component protocol --------------------------------------------------------------
-    def register(self, poller: Any) -> None:
-        """The broker shares the orchestrator's ROUTER; it owns no socket."""
-
-    def on_poll(self, ready: dict) -> None:
-        """Nothing to read: messages arrive through handle()."""
-
     def close(self) -> None:
         self.drones.clear()
 

@@ -27,6 +27,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from swarmmesh import gentoo
+from swarmmesh.component import Component
 from swarmmesh.errors import ArtifactError
 from swarmmesh.queue import DELEGATED, NEEDED
 
@@ -56,7 +57,7 @@ class _Events(FileSystemEventHandler):
             self.found.put(os.fsdecode(event.dest_path))
 
 
-class Incoming:
+class Incoming(Component):
     """Component of an Orchestrator (leader only acts); see the module docstring."""
 
     def __init__(self, node: Orchestrator) -> None:
@@ -72,18 +73,6 @@ class Incoming:
         self._next_scan = 0.0
 
     # --- component protocol --------------------------------------------------------------
-    def register(self, poller: Any) -> None:
-        """No sockets."""
-
-    def on_poll(self, ready: dict) -> None:
-        """Nothing to read."""
-
-    def accepts(self, msg: Any) -> bool:
-        return False
-
-    def handle(self, identity: bytes, msg: Any) -> None:
-        """Never called (accepts nothing)."""
-
     def on_leadership(self, term: int | None) -> None:
         self._next_scan = 0.0  # a new leader looks at once
 

@@ -19,6 +19,7 @@ from typing import Any
 import zmq
 
 from swarmmesh import protocol, transport
+from swarmmesh.component import Component
 from swarmmesh.config import NodeConfig
 from swarmmesh.election import Election
 from swarmmesh.errors import ProtocolError
@@ -64,7 +65,7 @@ class Orchestrator:
         self.releases = Releases(self)
         self.incoming = Incoming(self)
         self.binhost = Binhost(self)  # last: it serves what the others keep
-        self.components: list[Any] = [self.broker, self.receiver, self.replicator, self.releases,
+        self.components: list[Component] = [self.broker, self.receiver, self.replicator, self.releases,
                                       self.incoming, self.binhost]
         self.balance = self.broker.balance
 

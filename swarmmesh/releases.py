@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 from portage.getbinpkg import PackageIndex
 
 from swarmmesh import gentoo
+from swarmmesh.artifacts import fsync_dir
+from swarmmesh.component import Component
 from swarmmesh.errors import ArtifactError, InputError
 
 if TYPE_CHECKING:
@@ -225,7 +227,7 @@ def build_release(root: Path, release_id: str, stamp: int, links: list[tuple[Pat
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(root)
+    fsync_dir(root)
     return final
 
 
@@ -238,7 +240,7 @@ def point_current(data_dir: Path, release_id: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(data_dir)
+    fsync_dir(data_dir)
 
 
 def current_release(data_dir: Path) -> str | None:
@@ -271,12 +273,6 @@ def prune(root: Path, keep: list[str]) -> list[str]:
     return removed
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _log_failure(future: Future) -> None:
@@ -298,7 +294,7 @@ class Feed:
 
 # --- the component ---------------------------------------------------------------------------
 
-class Releases:
+class Releases(Component):
     """Component of an Orchestrator: builds the newest release, serves it, prunes, auto-finalizes.
 
     File work runs on one worker thread; the loop only decides and commits."""
@@ -322,18 +318,6 @@ class Releases:
         self._finalizing = False
 
     # --- component protocol --------------------------------------------------------------
-    def register(self, poller: Any) -> None:
-        """No sockets: the binhost thread serves what this component builds."""
-
-    def on_poll(self, ready: dict) -> None:
-        """Nothing to read."""
-
-    def accepts(self, msg: Any) -> bool:
-        return False
-
-    def handle(self, identity: bytes, msg: Any) -> None:
-        """Never called (accepts nothing)."""
-
     def on_leadership(self, term: int | None) -> None:
         self._finalizing = False
 

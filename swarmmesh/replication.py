@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from swarmmesh.component import Component
 from swarmmesh.errors import ArtifactError
 
 if TYPE_CHECKING:
@@ -147,7 +148,7 @@ def verify(path: Path, sha256: str, rate: float, stop: threading.Event) -> tuple
     return inode, digest.hexdigest() == sha256
 
 
-class Replicator:
+class Replicator(Component):
     """Component of an Orchestrator: keeps this node's store complete and the log's holders true."""
 
     def __init__(self, node: Orchestrator) -> None:
@@ -197,18 +198,6 @@ class Replicator:
         self._commit("unhold", sha256)
 
     # --- component protocol --------------------------------------------------------------
-    def register(self, poller: Any) -> None:
-        """No sockets: fetches use HTTP on worker threads."""
-
-    def on_poll(self, ready: dict) -> None:
-        """Nothing to read."""
-
-    def accepts(self, msg: Any) -> bool:
-        return False
-
-    def handle(self, identity: bytes, msg: Any) -> None:
-        """Never called (accepts nothing)."""
-
     def on_leadership(self, term: int | None) -> None:
         self._failing.clear()  # a new leader gives every holder a fresh grace period
 
