@@ -567,6 +567,11 @@ class BuildQueue:
             self._rdeps.setdefault(dep, []).append(pkg.key)
         if unmet:
             self._unmet[pkg.key] = len(unmet)
+        failed = [dep for dep in unmet if self._packages[dep].state == FAILED]
+        if failed and pkg.state == NEEDED:  # submitted after its dependency had already failed
+            pkg.error = _dependency_failed(failed[0])
+            self._set_state(pkg, FAILED)
+            self._fail_dependants(pkg.key)
 
     def _release_dependants(self, key: str) -> None:
         for dependant in self._rdeps.pop(key, ()):

@@ -725,3 +725,14 @@ def test_a_late_valid_build_of_a_failed_dependency_revives_its_dependants():
     assert q.get("a/y-1").state == "failed"
     q.complete("a/x-1", "d1", 1, {"sha256": "0" * 64}, 2.0)
     assert q.get("a/y-1").state == "needed" and q.dispatchable(10) == ["a/y-1"]
+
+
+def test_a_package_submitted_after_its_dependency_failed_fails_at_once():
+    q = BuildQueue()
+    q.submit("b1", "c", [("a/x-1", "a/x-1", None)], None, 0.0)
+    q.delegate("a/x-1", "d1", 1, 0.0, 10.0)
+    q.fail("a/x-1", "d1", 1, "boom", 1.0, 1, 5)
+    q.submit("b2", "c", [("a/x-1", "a/x-1", None), ("a/y-1", "a/y-1", None)], {"a/y-1": ["a/x-1"]}, 2.0)
+    assert (q.get("a/y-1").state, q.get("a/y-1").error) == ("failed", "dependency a/x-1 failed")
+    q.unblock(["a/x-1"], 3.0)
+    assert q.get("a/y-1").state == "needed"
