@@ -71,8 +71,8 @@ def test_longer_plans_have_more_faults():
 def test_rehost_moves_only_the_named_orchestrators():
     text = ('[node]\nname = "orch-1"\n\n[[orchestrators]]\nname = "orch-1"\nhost = "127.0.0.1"\n'
             '[[orchestrators]]\nname = "orch-2"\nhost = "127.0.0.1"\n[gateway]\nhost = "127.0.0.1"\n')
-    out = rehost(text, {"orch-1": "10.0.0.2", "orch-2": "10.0.0.3"})
-    assert out.count('host = "10.0.0.2"') == 1 and out.count('host = "10.0.0.3"') == 1
+    out = rehost(text, {"orch-1": "127.0.0.2", "orch-2": "127.0.0.3"})
+    assert out.count('host = "127.0.0.2"') == 1 and out.count('host = "127.0.0.3"') == 1
     assert out.endswith('[gateway]\nhost = "127.0.0.1"\n')
 
 
