@@ -324,7 +324,7 @@ def finalize(api: Any, force: bool) -> None:
 
 @client_command
 def balance(api: Any) -> None:
-    """Take jobs back from busy drones so idle drones can build them."""
+    """Take back jobs held by drones that are gone, so live drones build them (no attempt charged)."""
     _echo_result("balance", api.balance())
 
 
