@@ -107,8 +107,8 @@ def test_requests_carry_the_right_method_path_and_body(server, client):
 
 
 def test_binhost_is_the_url_without_its_newline(server, client):
-    server.reply(200, b"http://10.0.0.1:8080/\n", "text/plain")
-    assert client.binhost() == "http://10.0.0.1:8080/"
+    server.reply(200, b"http://127.0.0.9:8080/\n", "text/plain")
+    assert client.binhost() == "http://127.0.0.9:8080/"
 
 
 @pytest.mark.parametrize(("status", "body", "exc_type", "words"), [
