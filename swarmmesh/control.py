@@ -91,7 +91,7 @@ class Control:
     # --- operations --------------------------------------------------------------------
     def _status(self, identity: bytes, req: Request) -> None:
         node = self.node
-        counts, fingerprint = node.election.read(lambda q: (q.counts(), q.fingerprint()))
+        counts, fingerprint = node.election.read(lambda q: q.counts()), node.election.fingerprint()
         commit, applied = node.election.indexes()
         self._ok(identity, req, {"fingerprint": fingerprint,
             "node": node.name, "role": "leader" if node.is_leader() else node.election.role(),

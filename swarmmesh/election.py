@@ -20,7 +20,7 @@ from typing import Any
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 
-from swarmmesh.config import NodeConfig
+from swarmmesh.config import MIN_SECRET_LENGTH, NodeConfig
 from swarmmesh.errors import ConfigError
 from swarmmesh.queue import BuildQueue
 
@@ -39,24 +39,36 @@ _FAIL_TEXT = {
     FAIL_REASON.UNKNOWN_OUTCOME: "the outcome of the command is unknown; check status and retry",
 }
 
-MIN_SECRET = 16
 
 
 class QueueState(SyncObjConsumer):
     """The replicated part: a BuildQueue plus the commands that change it."""
 
     def __init__(self) -> None:
-        self.lock = threading.RLock()  # set before super().__init__: kept out of snapshots
+        # set before super().__init__, so kept out of snapshots: local bookkeeping only
+        self.lock = threading.RLock()
+        self._changes = 0
+        self._fingerprint = (-1, "")
         super().__init__()
         self.queue = BuildQueue()
 
     def _deserialize(self, data: dict) -> None:
         with self.lock:
             super()._deserialize(data)
+            self._changes += 1
 
     def _apply(self, name: str, *args: Any) -> Any:
         with self.lock:
+            self._changes += 1
             return getattr(self.queue, name)(*args)
+
+    def fingerprint(self) -> str:
+        """The queue's fingerprint, hashed again only after a change: `status` asks for it on
+        every call (gateway /status, health checks) and a 20k-package hash costs ~0.1 s."""
+        with self.lock:
+            if self._fingerprint[0] != self._changes:
+                self._fingerprint = (self._changes, self.queue.fingerprint())
+            return self._fingerprint[1]
 
     @replicated
     def note_leader(self, term: int, leader: str) -> dict:
@@ -126,9 +138,9 @@ class QueueState(SyncObjConsumer):
 
 def raft_conf(config: NodeConfig) -> SyncObjConf:
     """PySyncObj settings from the node config: fast failover, persistence, encryption."""
-    if len(config.secret) < MIN_SECRET:
+    if len(config.secret) < MIN_SECRET_LENGTH:
         raise ConfigError(
-            f"{config.path}: [cluster] secret: missing or shorter than {MIN_SECRET} characters; "
+            f"{config.path}: [cluster] secret: missing or shorter than {MIN_SECRET_LENGTH} characters; "
             "without it Raft traffic is unauthenticated pickles. Set the same long random secret "
             "on every orchestrator (`swarmmesh cluster init` generates one)."
         )
@@ -179,6 +191,9 @@ class Election:
         getattr(self.state, command)(*args, callback=callback)
 
     # --- reading -----------------------------------------------------------------------
+    def fingerprint(self) -> str:
+        return self.state.fingerprint()
+
     def read(self, fn: Callable[[BuildQueue], Any]) -> Any:
         """Run `fn` on the queue under the lock: a consistent view, even mid-apply."""
         with self.state.lock:

@@ -64,3 +64,18 @@ def test_a_short_secret_is_refused(tmp_path):
     config = load_config(tmp_path / "orch-1.toml")
     with pytest.raises(ConfigError, match="secret"):
         raft_conf(dataclasses.replace(config, secret="short"))
+
+
+def test_the_fingerprint_is_recomputed_only_after_a_change(members):
+    leader = wait_until(lambda: _leader(members), 15, what="a Raft leader")
+    calls = []
+    queue = leader.state.queue
+    original = queue.fingerprint
+    queue.fingerprint = lambda: calls.append(1) or original()  # count the hashes
+    first = leader.fingerprint()
+    assert leader.fingerprint() == first and len(calls) == 1
+    done = threading.Event()
+    leader.commit("submit", "b-2", "test", [("a/c-1", "a/c-1", None)], None, 1.0, done=lambda r, e: done.set())
+    assert done.wait(10)
+    assert leader.fingerprint() != first and len(calls) == 2
+    assert leader.fingerprint() == original()
