@@ -190,11 +190,15 @@ class Replicator(Component):
             path.unlink()
         except FileNotFoundError:
             pass
+        self._forget(sha256)
+        self._refetch.add(sha256)
+        log.warning("stored file %s dropped (%s); fetching it again", sha256[:12], reason)
+
+    def _forget(self, sha256: str) -> None:
+        """The file is gone from our store: stop indexing it and tell the log we lack it."""
         with self._lock:
             self.held.discard(sha256)
         self.node.releases.entries.forget(sha256)
-        self._refetch.add(sha256)
-        log.warning("stored file %s dropped (%s); fetching it again", sha256[:12], reason)
         self._commit("unhold", sha256)
 
     # --- component protocol --------------------------------------------------------------
@@ -267,11 +271,8 @@ class Replicator(Component):
                 path.unlink()
             except FileNotFoundError:
                 continue
-            with self._lock:
-                self.held.discard(sha)
-            self.node.releases.entries.forget(sha)
             log.info("removed %s from the store: no package or kept release refers to it", sha[:12])
-            self._commit("unhold", sha)
+            self._forget(sha)
 
     def _adopt(self, sha256: str) -> bool:
         """A file the Receiver (or a previous run) put in the store is ours without a fetch."""
