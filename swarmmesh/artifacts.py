@@ -134,12 +134,7 @@ class Receiver(Component):
 
     def on_poll(self, ready: dict) -> None:
         if self.pull in ready:
-            for _ in range(256):
-                try:
-                    frame = self.pull.recv(zmq.NOBLOCK)
-                except zmq.Again:
-                    return
-                self._frame(frame)
+            transport.drain(self.pull, self._frame, 256, multipart=False)
 
     def on_leadership(self, term: int | None) -> None:
         if term is None:

@@ -183,10 +183,7 @@ class Drone:
         self.dying: list[_Job] = []       # cancelled builds whose thread has not returned yet
         self.settled = 0
         self._counter = itertools.count(1)
-        self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self.inbox = transport.Inbox()  # builds and uploads run in threads; results come back here
         self.ctx = zmq.Context()
         events = [o.events_url for o in config.orchestrators]
         self.sub = transport.sub(self.ctx, events, [protocol.TOPIC_LEADER])
@@ -194,7 +191,7 @@ class Drone:
         self.broker_url: str | None = None
         self.poller = zmq.Poller()
         self.poller.register(self.sub, zmq.POLLIN)
-        self.poller.register(self._wake_r, zmq.POLLIN)
+        self.poller.register(self.inbox.fd, zmq.POLLIN)
         self.uploader = Uploader(self.ctx, self.name, self._upload_report)
         self._orchestrators = itertools.cycle(config.orchestrators)
         self.latest: LeaderInfo | None = None
@@ -217,15 +214,12 @@ class Drone:
     # --- the loop --------------------------------------------------------------------------
     def step(self, timeout: float = 0.1) -> None:
         """One iteration: read what arrived (or wait up to `timeout`), then run the timers."""
-        events = dict(self.poller.poll(0 if not self._inbox.empty() else int(timeout * 1000)))
+        events = dict(self.poller.poll(0 if not self.inbox.empty() else int(timeout * 1000)))
         if self.sub in events:
-            self._drain(self.sub, self._on_event)
+            transport.drain(self.sub, self._on_event, MAX_BURST)
         if self.dealer is not None and self.dealer in events:
-            self._drain(self.dealer, self._on_frame)
-        if self._wake_r in events:
-            self._drain_wake()
-        while not self._inbox.empty():
-            self._inbox.get()()
+            transport.drain(self.dealer, self._on_frame, MAX_BURST)
+        self.inbox.run_pending()
         self._tick(self.clock())
 
     def run(self, once: bool = False) -> None:
@@ -247,31 +241,9 @@ class Drone:
         self._graceful = self._graceful and graceful and not self.stop_requested
         self.stop_requested = True
 
-    def _drain(self, sock: zmq.Socket, handle: Callable[[list[bytes]], None]) -> None:
-        for _ in range(MAX_BURST):
-            if sock.closed:  # a handler switched leaders: the rest is the old leader's
-                return
-            try:
-                handle(sock.recv_multipart(zmq.NOBLOCK))
-            except zmq.Again:
-                return
-
-    def _drain_wake(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-
     def _post(self, fn: Callable[[], None]) -> None:
-        """Hand work from another thread to the loop and wake it."""
-        if self._closed:
-            return  # a build outlived close(): its pipe may be gone
-        self._inbox.put(fn)
-        try:
-            os.write(self._wake_w, b"x")
-        except (BlockingIOError, OSError):
-            pass  # the pipe is full (the loop is awake anyway) or closed (the drone is gone)
+        """Hand work from a build or upload thread to the loop (a no-op once closed)."""
+        self.inbox.post(fn)
 
     def _tick(self, now: float) -> None:
         if not self.welcomed:
@@ -599,8 +571,7 @@ class Drone:
             if sock is not None:
                 sock.close(0)
         self.ctx.term()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        self.inbox.close()
 
 
 def _decode(frame: bytes) -> protocol.Message | None:

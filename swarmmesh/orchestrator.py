@@ -1,15 +1,13 @@
 """One orchestrator node: Raft membership, the ROUTER loop, leader events.
 
 A single thread owns every ZeroMQ socket. PySyncObj applies commands on its own thread;
-commit callbacks never touch sockets, they post a closure to `_inbox` and wake the loop
-through a pipe, so replies go out only after the command is committed.
+commit callbacks never touch sockets, they post a closure to the `Inbox` (transport.py),
+which wakes the loop through a pipe, so replies go out only after the command is committed.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
-import os
 import signal
 import sys
 import time
@@ -51,9 +49,7 @@ class Orchestrator:
         self.ctx = zmq.Context()
         self.router = transport.router(self.ctx, transport.tcp_bind(self.me.host, self.me.broker_port))
         self.events = transport.pub(self.ctx, transport.tcp_bind(self.me.host, self.me.events_port))
-        self._inbox: collections.deque[Callable[[], None]] = collections.deque()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
+        self.inbox = transport.Inbox()
         self._stop = False
         self._leading_term: int | None = None
         self._claimed_term: int | None = None
@@ -75,7 +71,7 @@ class Orchestrator:
 
         def done(result: Any, err: str | None) -> None:
             if then is not None:
-                self._post(lambda: then(result, err))
+                self.inbox.post(lambda: then(result, err))
 
         self.election.commit(command, *args, done=done)
 
@@ -103,29 +99,22 @@ class Orchestrator:
 
     def post(self, fn: Callable[[], None]) -> None:
         """Run `fn` on the loop thread (components' worker threads must not touch sockets)."""
-        self._post(fn)
-
-    def _post(self, fn: Callable[[], None]) -> None:
-        self._inbox.append(fn)
-        try:
-            os.write(self._wake_w, b"x")
-        except (BlockingIOError, OSError):
-            pass  # the pipe is full, so the loop is awake anyway
+        self.inbox.post(fn)
 
     # --- the loop ----------------------------------------------------------------------
     def run(self) -> None:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(self.inbox.fd, zmq.POLLIN)
         for comp in self.components:
             comp.register(poller)
         self._announce_ready()
         while not self._stop:
             ready = dict(poller.poll(int(TICK * 1000)))
             if self.router in ready:
-                self._drain_router()
-            if self._wake_r in ready:
-                self._drain_inbox()
+                transport.drain(self.router, self._dispatch, 1000)
+            if self.inbox.fd in ready:
+                self.inbox.run_pending()
             for comp in self.components:
                 comp.on_poll(ready)
             self._tick(time.monotonic())
@@ -140,21 +129,12 @@ class Orchestrator:
         self.router.close(0)
         self.events.close(0)
         self.ctx.term()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        self.inbox.close()
 
     def _announce_ready(self) -> None:
         line = f"swarmmesh orchestrator {self.name} ready"
         log.info("%s (raft %s, broker %s)", line, self.me.raft_address, self.me.broker_url)
         print(line, flush=True)
-
-    def _drain_router(self) -> None:
-        for _ in range(1000):
-            try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            self._dispatch(frames)
 
     def _dispatch(self, frames: list[bytes]) -> None:
         if len(frames) != 2:
@@ -174,19 +154,6 @@ class Orchestrator:
                 comp.handle(identity, msg)
                 return
         log.warning("no handler for a %r message from %r", msg.TYPE, identity)
-
-    def _drain_inbox(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-        while self._inbox:
-            fn = self._inbox.popleft()
-            try:
-                fn()
-            except Exception:  # a bug in one callback must not kill the node
-                log.exception("a commit callback failed")
 
     # --- leadership and events ---------------------------------------------------------
     def _tick(self, now: float) -> None:

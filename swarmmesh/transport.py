@@ -7,9 +7,17 @@ CURVE later is a change to this module only.
 
 from __future__ import annotations
 
+import collections
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
 import zmq
 
 from swarmmesh.protocol import MAX_CHUNK_FRAME, MAX_FRAME
+
+log = logging.getLogger(__name__)
 
 HEARTBEAT_IVL_MS = 250
 HEARTBEAT_TIMEOUT_MS = 1000
@@ -87,3 +95,63 @@ def pull(ctx: zmq.Context, bind: str) -> zmq.Socket:
 def tcp_bind(host: str, port: int) -> str:
     """Bind address for a configured host: listen on it (127.0.0.1 in tests)."""
     return f"tcp://{host}:{port}"
+
+
+class Inbox:
+    """Work handed to the thread that owns the sockets, from any other thread.
+
+    ZeroMQ sockets must stay on one thread, so commit callbacks, build threads and upload
+    threads post closures here; a pipe wakes the owner's poller (register `fd`), which then
+    calls `run_pending()`.
+    """
+
+    def __init__(self) -> None:
+        self._todo: collections.deque[Callable[[], None]] = collections.deque()
+        self.fd, self._wake_w = os.pipe()
+        os.set_blocking(self.fd, False)
+        os.set_blocking(self._wake_w, False)
+        self._closed = False
+
+    def post(self, fn: Callable[[], None]) -> None:
+        if self._closed:
+            return  # a thread outlived its owner: nobody is left to run it
+        self._todo.append(fn)
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass  # the pipe is full (the owner is awake anyway)
+
+    def empty(self) -> bool:
+        return not self._todo
+
+    def run_pending(self) -> None:
+        """Run what was posted; a failing callback is logged, never fatal to the loop."""
+        try:
+            while os.read(self.fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        while self._todo:
+            fn = self._todo.popleft()
+            try:
+                fn()
+            except Exception:
+                log.exception("a posted callback failed")
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            os.close(self.fd)
+            os.close(self._wake_w)
+
+
+def drain(sock: zmq.Socket, handle: Callable[[Any], None], limit: int, multipart: bool = True) -> None:
+    """Hand up to `limit` waiting messages to `handle` without blocking (bounded, so one busy
+    socket cannot starve the others in a poll loop)."""
+    for _ in range(limit):
+        if sock.closed:  # a handler closed it (e.g. switched leaders): the rest is stale
+            return
+        try:
+            handle(sock.recv_multipart(zmq.NOBLOCK) if multipart else sock.recv(zmq.NOBLOCK))
+        except zmq.Again:
+            return
