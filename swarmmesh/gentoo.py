@@ -609,6 +609,27 @@ _INDEX_KEYS = (
 _USE_EVALUATED = ("BDEPEND", "DEPEND", "IDEPEND", "LICENSE", "RDEPEND", "PDEPEND", "PROPERTIES", "RESTRICT")
 
 
+def read_gpkg_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """A stored GPKG's metadata, reading only its headers and the small metadata member.
+
+    For files already validated in full by `inspect_gpkg` (the leader does that before
+    `received`, and every store checks the sha256): a second full inspection would hash
+    every byte five more times on every node."""
+    label = os.path.basename(os.fspath(path))
+    try:
+        with tarfile.open(path, "r:") as tar:  # random access: the image member is skipped, not read
+            for member in tar:
+                base = member.name.partition("/")[2]
+                if member.isreg() and base.startswith("metadata.tar") and not base.endswith(".sig"):
+                    if member.size > _MAX_METADATA:
+                        raise ArtifactError(f"{label}: {base} is over {_MAX_METADATA} bytes")
+                    data = tar.extractfile(member).read()  # type: ignore[union-attr]
+                    return _read_metadata(_Scan(kept={base: data}), label)
+    except (tarfile.TarError, OSError) as exc:
+        raise ArtifactError(f"{label}: not a readable GPKG ({exc})") from exc
+    raise ArtifactError(f"{label}: no metadata.tar member")
+
+
 def packages_index_entry(info: GpkgInfo, path_in_repo: str, mtime: int) -> dict[str, str]:
     """One `Packages` entry, as binarytree builds it before writing (PackageIndex.write later drops
     values equal to the defaults, e.g. SLOT 0, and CHOST/REPO equal to the header's)."""

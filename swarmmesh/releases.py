@@ -22,7 +22,6 @@ import logging
 import os
 import re
 import shutil
-import tarfile
 import time
 import uuid
 from collections import Counter
@@ -49,7 +48,6 @@ RECHECK = 5.0  # with nothing changed in the log, look again this often (a faile
 AUTO_PERIOD = 1.0
 RELEASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
 CURRENT = "current"
-MAX_METADATA = 32 << 20
 
 # portage.dbapi.bintree.binarytree: values equal to these defaults are left out of the index,
 # CHOST/repository equal to the header's are inherited, internal names are translated.
@@ -74,27 +72,6 @@ def check_release_id(release_id: Any) -> str:
 
 
 # --- index entries -------------------------------------------------------------------------
-
-def read_metadata(path: Path) -> dict[str, str]:
-    """A stored GPKG's metadata, reading only its headers and the small metadata member.
-
-    Enough because its bytes are those the leader validated in full (GLEP 78 structure and
-    Manifest digests) before `received`, and their sha256 was checked when they were stored
-    here; a second full inspection would hash every file five more times on every node."""
-    label = path.name
-    try:
-        with tarfile.open(path, "r:") as tar:  # random access: the image member is skipped, not read
-            for member in tar:
-                base = member.name.partition("/")[2]
-                if member.isreg() and base.startswith("metadata.tar") and not base.endswith(".sig"):
-                    if member.size > MAX_METADATA:
-                        raise ArtifactError(f"{label}: {base} is over {MAX_METADATA} bytes")
-                    data = tar.extractfile(member).read()  # type: ignore[union-attr]
-                    return gentoo._read_metadata(gentoo._Scan(kept={base: data}), label)
-    except (tarfile.TarError, OSError) as exc:
-        raise ArtifactError(f"{label}: not a readable GPKG ({exc})") from exc
-    raise ArtifactError(f"{label}: no metadata.tar member")
-
 
 class Entries:
     """What each stored GPKG says about itself, cached per sha256 (memory and JSON files), so
@@ -123,7 +100,7 @@ class Entries:
         size = path.stat().st_size
         if size != logged.get("size"):
             raise CorruptError(sha256, f"stored file {sha256[:12]} has {size} bytes, not {logged.get('size')}")
-        meta = read_metadata(path)
+        meta = gentoo.read_gpkg_metadata(path)
         build_id = meta.get("BUILD_ID", "")
         record = {"cpv": f"{meta.get('CATEGORY')}/{meta.get('PF')}", "size": size, "sha256": sha256,
                   "build_id": int(build_id) if build_id.isdigit() else None,

@@ -518,3 +518,9 @@ def _image_files(path: Path) -> dict[str, bytes]:
         image = io.BytesIO(outer.extractfile(member).read())  # type: ignore[union-attr]
     with tarfile.open(fileobj=image, mode="r:*") as inner:
         return {m.name: inner.extractfile(m).read() for m in inner.getmembers() if m.isfile()}  # type: ignore[union-attr]
+
+
+def test_read_gpkg_metadata_matches_the_full_inspection(tmp_path):
+    path = tmp_path / "p.gpkg.tar"
+    gentoo.write_gpkg(path, "app-misc/meta-1.0", size=8192)
+    assert gentoo.read_gpkg_metadata(path) == gentoo.inspect_gpkg(path).metadata

@@ -68,7 +68,7 @@ def test_entries_read_only_metadata_are_cached_and_check_the_size(node, tmp_path
     junk = tmp_path / "junk"
     junk.write_bytes(os.urandom(5000))
     with pytest.raises(ArtifactError, match="not a readable GPKG"):
-        releases.read_metadata(junk)
+        gentoo.read_gpkg_metadata(junk)
     node.releases.entries.forget(info.sha256)
     assert Entries(tmp_path / "o1" / "entries").get(info.sha256) is None
 
