@@ -225,7 +225,7 @@ def _read_pid(root: Path, name: str) -> int | None:
     return int(text) if text.isdigit() and int(text) > 0 else None
 
 
-def _exists(pid: int) -> bool:
+def process_exists(pid: int) -> bool:
     """A process (not a zombie) has this pid. A signalled node loses its command line before
     it has closed its sockets, so this, not `_is_ours`, says when it is gone."""
     proc = _CHILDREN.get(pid)
@@ -244,7 +244,7 @@ def _exists(pid: int) -> bool:
 def _is_ours(pid: int, config: Path) -> bool:
     """A live process running this node's config. Pids get reused, so a live pid alone proves
     nothing: the command line must name swarmmesh and this very config file."""
-    if not _exists(pid):
+    if not process_exists(pid):
         return False
     try:
         os.kill(pid, 0)
@@ -380,7 +380,7 @@ def _signal(pid: int, sig: signal.Signals) -> None:
 
 def _wait_gone(running: list[NodeProcess], deadline: float) -> list[NodeProcess]:
     while True:
-        running = [n for n in running if n.pid is not None and _exists(n.pid)]
+        running = [n for n in running if n.pid is not None and process_exists(n.pid)]
         if not running or time.monotonic() > deadline:
             return running
         time.sleep(_POLL)

@@ -105,15 +105,6 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
 
 
-def alive(pid: int) -> bool:
-    """Running and not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 class LocalCluster:
     """A loopback cluster in `directory` (configs written by `cluster.init_cluster`)."""
 
@@ -150,7 +141,7 @@ class LocalCluster:
             raise ClusterError(f"{name} is not running")
         os.kill(pid, sig)
         if sig == signal.SIGKILL:
-            wait_until(lambda: not alive(pid), 10, f"{name} (pid {pid}) to die")
+            wait_until(lambda: not clustermod.process_exists(pid), 10, f"{name} (pid {pid}) to die")
         return pid
 
     def rss_mib(self, name: str) -> tuple[float, float]:

@@ -13,11 +13,11 @@ import socket
 import subprocess
 import sys
 import tomllib
-from pathlib import Path
 
 import pytest
 
 from swarmmesh import cluster
+from swarmmesh.cluster import process_exists as alive
 from swarmmesh.config import load_config
 from swarmmesh.errors import ClusterError, ConfigError
 
@@ -36,14 +36,6 @@ def stand_in(script: str):
     """An argv_for that runs `script` with a command line that looks like a node's."""
     return lambda config: [sys.executable, "-c", script, "swarmmesh", config.role, config.name,
                            "--config", str(config.path)]
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state not in ("Z", "X")
 
 
 @pytest.fixture

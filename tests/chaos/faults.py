@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from swarmmesh.cluster import process_exists as alive
 from swarmmesh.errors import ClusterError
-from swarmmesh.harness import LocalCluster, alive, wait_until
+from swarmmesh.harness import LocalCluster, wait_until
 from tests.chaos import plan as p
 from tests.chaos.netns import Loopback
 
