@@ -14,8 +14,10 @@ def test_inbox_wakes_a_poller_and_runs_callbacks_in_order_surviving_a_failing_on
     poller = zmq.Poller()
     poller.register(inbox.fd, zmq.POLLIN)
     ran: list[int] = []
-    threading.Thread(target=lambda: [inbox.post(lambda i=i: ran.append(i)) for i in range(3)]).start()
+    poster = threading.Thread(target=lambda: [inbox.post(lambda i=i: ran.append(i)) for i in range(3)])
+    poster.start()
     assert dict(poller.poll(5000)).get(inbox.fd)
+    poster.join(5)  # the rest is posted from here, after the thread's three
     inbox.post(lambda: 1 / 0)
     inbox.post(lambda: ran.append(9))
     while len(ran) < 4:
