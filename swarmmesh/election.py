@@ -135,6 +135,31 @@ class QueueState(SyncObjConsumer):
     def lose(self, key: str, sha256: str, reason: str, now: float) -> dict:
         return self._apply("lose", key, sha256, reason, now)
 
+    @replicated
+    def update(self, commands: list) -> list:
+        """Several commands in one log entry, applied in order, one result each.
+
+        Why: under load each package costs a delegation, a completion and a `hold` per
+        follower; one entry per loop pass instead of one per command cuts Raft's per-entry
+        work (pickling, encryption, journal, an append round per entry) several-fold.
+        Named to sort after every other command: PySyncObj numbers commands by name, so a
+        journal written before this command existed replays unchanged."""
+        with self.lock:
+            return [self._apply_listed(name, args) for name, args in commands]
+
+    def _apply_listed(self, name: str, args: list) -> Any:
+        if name not in COMMANDS:
+            log.error("ignored unknown command %r in a batch", name)
+            return {"ok": False, "code": "unknown_command"}
+        return self._apply(name, *args)
+
+
+#: The queue commands a batch (`update`) may carry.
+COMMANDS = frozenset(
+    name for name, fn in vars(QueueState).items()
+    if getattr(fn, "replicated", False) and getattr(fn, "origName", None) == name and name != "update"
+)
+
 
 def raft_conf(config: NodeConfig) -> SyncObjConf:
     """PySyncObj settings from the node config: fast failover, persistence, encryption."""
@@ -189,6 +214,22 @@ class Election:
                 done(result, None if err == FAIL_REASON.SUCCESS else _FAIL_TEXT.get(err, f"failed ({err})"))
 
         getattr(self.state, command)(*args, callback=callback)
+
+    def commit_many(self, commands: list[tuple[str, tuple, Done | None]]) -> None:
+        """Replicate several commands as one log entry (see `QueueState.update`); each `done`
+        gets its own command's result, or the entry's error."""
+        if len(commands) == 1:
+            command, args, done = commands[0]
+            self.commit(command, *args, done=done)
+            return
+
+        def callback(results: Any, err: int) -> None:
+            error = None if err == FAIL_REASON.SUCCESS else _FAIL_TEXT.get(err, f"failed ({err})")
+            for i, (_command, _args, done) in enumerate(commands):
+                if done is not None:
+                    done(results[i] if error is None else None, error)
+
+        self.state.update([(command, list(args)) for command, args, _done in commands], callback=callback)
 
     # --- reading -----------------------------------------------------------------------
     def fingerprint(self) -> str:

@@ -79,3 +79,43 @@ def test_the_fingerprint_is_recomputed_only_after_a_change(members):
     assert done.wait(10)
     assert leader.fingerprint() != first and len(calls) == 2
     assert leader.fingerprint() == original()
+
+
+def test_a_batch_is_one_entry_applied_in_order_with_a_result_per_command(members):
+    leader = wait_until(lambda: _leader(members), 15, what="a Raft leader")
+    listed = []
+    for m in members:  # counts commands applied through a batch entry, on every member
+        m.state._apply_listed = lambda name, args, m=m, inner=m.state._apply_listed: (
+            listed.append((m.name, name)) or inner(name, args))
+    results: dict[str, tuple] = {}
+    done = threading.Event()
+
+    def note(name):
+        def cb(result, err):
+            results[name] = (result, err)
+            if len(results) == 3:
+                done.set()
+        return cb
+
+    leader.commit_many([
+        ("submit", ("b-3", "test", [("a/d-1", "a/d-1", None)], None, 1.0), note("submit")),
+        ("delegate", ("a/d-1", "drone-1", 1, 2.0, 60.0), note("delegate")),  # sees the submit before it
+        ("delegate", ("a/nope-1", "drone-1", 1, 2.0, 60.0), note("unknown")),
+    ])
+    assert done.wait(10)
+    assert results["submit"][0]["count"] == 1 and results["delegate"][0]["ok"]
+    assert results["unknown"][0]["ok"] is False and all(err is None for _r, err in results.values())
+    wait_until(lambda: all(m.read(lambda q: q.get("a/d-1") and q.get("a/d-1").state) == "delegated"
+                           for m in members), 10, what="every member to apply the batch")
+    wait_until(lambda: len(listed) == 9, 10, what="three batched commands applied on each member")
+    assert sorted({name for _m, name in listed}) == ["delegate", "submit"]
+
+
+def test_a_batch_naming_a_non_command_is_refused_per_entry(members):
+    leader = wait_until(lambda: _leader(members), 15, what="a Raft leader")
+    got = []
+    done = threading.Event()
+    leader.commit_many([("fingerprint", (), lambda r, e: got.append(r)),
+                        ("reset", (), lambda r, e: (got.append(r), done.set()))])
+    assert done.wait(10)
+    assert got[0] == {"ok": False, "code": "unknown_command"} and got[1]["ok"]
