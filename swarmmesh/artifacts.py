@@ -90,7 +90,6 @@ class Upload:
     path: Path
     fh: BinaryIO
     sender: bytes
-    hasher: Any = field(default_factory=hashlib.sha256)
     size: int = 0
     next_seq: int = 0
     broken: str = ""
@@ -107,7 +106,6 @@ class Upload:
             self.broken = f"upload exceeds {MAX_ARTIFACT} bytes"
             return
         self.fh.write(chunk.data)
-        self.hasher.update(chunk.data)
         self.size += len(chunk.data)
         self.next_seq += 1
 
@@ -216,7 +214,10 @@ class Receiver(Component):
             verdict()
 
     def _finish(self, up: Upload | None, tr: protocol.Trailer, cpv: str) -> gentoo.GpkgInfo:
-        """Check the transfer, then the package; raise ArtifactError(retry?) on failure."""
+        """Check the transfer, then the package; raise ArtifactError(retry?) on failure.
+
+        The sha256 comes out of the same read as the GPKG checks (not hashed chunk by chunk on
+        the socket loop): every byte is read once, off the loop."""
         if up is None:
             raise TransferError("no data arrived for this upload (lost frames); send it again")
         try:
@@ -224,9 +225,7 @@ class Receiver(Component):
             os.fsync(up.fh.fileno())
             up.fh.close()
             _check_transfer(up, tr)
-            info = gentoo.inspect_gpkg(up.path, expect_cpv=cpv)
-            if info.sha256 != tr.sha256:
-                raise TransferError("sha256 changed while validating; send it again")
+            info = _inspect(up.path, tr, cpv)
             self.store.put(up.path, info.sha256)
             return info
         except BaseException:
@@ -288,7 +287,27 @@ def _check_transfer(up: Upload, tr: protocol.Trailer) -> None:
         raise TransferError(up.broken)
     if up.next_seq != tr.chunks or up.size != tr.size:
         raise TransferError(f"got {up.next_seq} chunks / {up.size} bytes, trailer says {tr.chunks} / {tr.size}")
-    if up.hasher.hexdigest() != tr.sha256:
-        raise TransferError("sha256 mismatch")
     if up.size < MIN_ARTIFACT:
         raise ArtifactError(f"artifact of {up.size} bytes is too small to be a package (minimum {MIN_ARTIFACT})")
+
+
+def _inspect(path: Path, tr: protocol.Trailer, cpv: str) -> gentoo.GpkgInfo:
+    """Validate the package; a file that fails only because its bytes were damaged on the way
+    is a transfer error (send it again), not a broken build."""
+    try:
+        info = gentoo.inspect_gpkg(path, expect_cpv=cpv)
+    except ArtifactError:
+        if _sha256_of(path) != tr.sha256:
+            raise TransferError("sha256 mismatch") from None
+        raise
+    if info.sha256 != tr.sha256:
+        raise TransferError("sha256 mismatch")
+    return info
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,96 @@
+"""Receiving one upload: chunk bookkeeping, transfer damage against a broken build, the store."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from swarmmesh import artifacts, gentoo, protocol
+from swarmmesh.artifacts import Store, TransferError, Upload
+from swarmmesh.errors import ArtifactError
+
+CPV = "app-misc/hello-1.0"
+
+
+def _upload(store: Store, data: bytes, chunk: int = 4096) -> tuple[Upload, protocol.Trailer]:
+    path, fh = store.temp_file()
+    up = Upload(path, fh, b"")
+    pieces = [data[i:i + chunk] for i in range(0, len(data), chunk)]
+    for seq, piece in enumerate(pieces):
+        up.add(protocol.Chunk(upload="ab12cd34", seq=seq, data=piece))
+    up.fh.close()
+    trailer = protocol.Trailer(upload="ab12cd34", drone="drone-1", key=CPV, term=1, size=len(data),
+                               sha256=hashlib.sha256(data).hexdigest(), chunks=len(pieces))
+    return up, trailer
+
+
+@pytest.fixture
+def gpkg(tmp_path) -> bytes:
+    path = tmp_path / "hello.gpkg.tar"
+    gentoo.write_gpkg(path, CPV, size=20_000)
+    return path.read_bytes()
+
+
+def test_an_intact_upload_is_checked_in_one_read(tmp_path, gpkg):
+    store = Store(tmp_path / "store")
+    up, tr = _upload(store, gpkg)
+    artifacts._check_transfer(up, tr)
+    info = artifacts._inspect(up.path, tr, CPV)
+    assert info.sha256 == tr.sha256 and info.size == len(gpkg) and info.cpv == CPV
+
+
+def test_bytes_damaged_on_the_way_are_a_transfer_error_not_a_broken_build(tmp_path, gpkg):
+    store = Store(tmp_path / "store")
+    up, tr = _upload(store, gpkg)
+    damaged = bytearray(up.path.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    up.path.write_bytes(bytes(damaged))
+    with pytest.raises(TransferError, match="sha256 mismatch"):
+        artifacts._inspect(up.path, tr, CPV)
+
+
+def test_a_broken_package_sent_intact_is_rejected_for_what_it_is(tmp_path, gpkg):
+    store = Store(tmp_path / "store")
+    up, tr = _upload(store, gpkg)
+    with pytest.raises(ArtifactError, match="expected") as caught:
+        artifacts._inspect(up.path, tr, "app-misc/other-1.0")
+    assert not isinstance(caught.value, TransferError)
+
+
+def test_a_valid_package_under_a_wrong_announced_sha256_is_sent_again(tmp_path, gpkg):
+    store = Store(tmp_path / "store")
+    up, tr = _upload(store, gpkg)
+    with pytest.raises(TransferError, match="sha256"):
+        artifacts._inspect(up.path, protocol.Trailer(**{**tr.__dict__, "sha256": "0" * 64}), CPV)
+
+
+def test_chunks_out_of_order_or_missing_break_the_upload(tmp_path, gpkg):
+    store = Store(tmp_path / "store")
+    path, fh = store.temp_file()
+    up = Upload(path, fh, b"")
+    up.add(protocol.Chunk(upload="ab12cd34", seq=0, data=gpkg[:4096]))
+    up.add(protocol.Chunk(upload="ab12cd34", seq=2, data=gpkg[8192:12288]))
+    tr = protocol.Trailer(upload="ab12cd34", drone="d", key=CPV, term=1, size=12288, sha256="0" * 64, chunks=3)
+    with pytest.raises(TransferError, match="lost frames"):
+        artifacts._check_transfer(up, tr)
+    up.discard()
+    assert not path.exists()
+
+
+def test_a_short_file_is_refused_and_counts_are_checked(tmp_path):
+    store = Store(tmp_path / "store")
+    up, tr = _upload(store, b"x" * 900)
+    with pytest.raises(ArtifactError, match="too small"):
+        artifacts._check_transfer(up, tr)
+    with pytest.raises(TransferError, match="trailer says"):
+        artifacts._check_transfer(up, protocol.Trailer(**{**tr.__dict__, "size": 901}))
+
+
+def test_the_store_is_content_addressed_and_refuses_other_names(tmp_path, gpkg):
+    store = Store(tmp_path / "store")
+    up, tr = _upload(store, gpkg)
+    dest = store.put(up.path, tr.sha256)
+    assert dest == tmp_path / "store" / tr.sha256[:2] / tr.sha256 and store.has(tr.sha256)
+    with pytest.raises(ArtifactError, match="not a sha256"):
+        store.path("../../etc/passwd")
