@@ -8,6 +8,7 @@ pattern and resolved inside one directory; nothing else of the data directory is
     GET /Packages, /Packages.gz, /<cat>/<pn>/<file>   the current release (Portage clients)
     GET /staging/Packages, /staging/<cat>/<pn>/<file>  every received package (drones)
     GET /store/<sha256>                                the content-addressed store (peers)
+    POST /store  (body: sha256s, one per line)         many small store files in one reply (peers)
     GET /release                                       what this node serves (the gateway)
 """
 
@@ -39,6 +40,12 @@ _PART = r"[A-Za-z0-9+_][A-Za-z0-9+_.-]{0,127}"
 _PACKAGE_PATH = re.compile(rf"{_PART}/{_PART}/{_PART}\.(?:gpkg\.tar|xpak|tbz2)\Z")
 _SHA256 = re.compile(r"[0-9a-f]{64}\Z")
 _INDEXES = ("Packages", "Packages.gz")
+#: A bundle carries at most this many files, each at most BUNDLE_FILE_MAX bytes, in total at
+#: most BUNDLE_MAX_BYTES: a follower catching up on thousands of small packages pays one
+#: request per bundle instead of one per file, and memory stays bounded.
+BUNDLE_MAX_FILES = 256
+BUNDLE_FILE_MAX = 1 << 20
+BUNDLE_MAX_BYTES = 16 << 20
 
 
 def _not_found(what: str) -> web.Response:
@@ -53,6 +60,19 @@ def _regular(path: Path) -> bool:
         return False
 
 
+def _read_small(path: Path, limit: int) -> bytes | None:
+    """A regular file's bytes if it has at most `limit` of them, else None."""
+    try:
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size > limit or os.path.islink(path):
+                return None
+            data = fh.read(limit + 1)
+    except OSError:
+        return None
+    return data if len(data) <= limit else None
+
+
 class Site:
     """The HTTP handlers; `node` supplies the data dir, the store, the staging feed and state."""
 
@@ -64,6 +84,7 @@ class Site:
         app = web.Application()
         app.router.add_get("/release", self.release)
         app.router.add_get("/store/{sha256}", self.store)
+        app.router.add_post("/store", self.bundle)
         app.router.add_get("/staging/{path:.+}", self.staging)
         app.router.add_get("/{path:.+}", self.current)
         return app
@@ -90,6 +111,29 @@ class Site:
             return _not_found("a store object is named by its sha256")
         path = self.node.receiver.store.path(sha)
         return web.FileResponse(path) if _regular(path) else _not_found(sha)
+
+    async def bundle(self, request: web.Request) -> web.StreamResponse:
+        """`<sha256> <size>\\n<bytes>` per requested file, in order; size -1 for a file this node
+        lacks, or one too big to bundle (fetch that one with GET)."""
+        shas = (await request.text()).split()
+        if not 0 < len(shas) <= BUNDLE_MAX_FILES or not all(_SHA256.match(s) for s in shas):
+            return web.Response(status=400, text=f"send 1 to {BUNDLE_MAX_FILES} sha256 names, one per line\n")
+        parts = await asyncio.get_running_loop().run_in_executor(None, self._read_bundle, shas)
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        await resp.prepare(request)
+        for part in parts:
+            await resp.write(part)
+        await resp.write_eof()
+        return resp
+
+    def _read_bundle(self, shas: list[str]) -> list[bytes]:
+        parts, budget = [], BUNDLE_MAX_BYTES
+        for sha in shas:
+            data = _read_small(self.node.receiver.store.path(sha), min(budget, BUNDLE_FILE_MAX))
+            budget -= len(data) if data is not None else 0
+            parts.append(f"{sha} {len(data) if data is not None else -1}\n".encode())
+            parts.extend([data] if data else [])
+        return parts
 
     async def staging(self, request: web.Request) -> web.StreamResponse:
         feed, path = self.node.releases.staging, request.match_info["path"]

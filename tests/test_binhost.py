@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from swarmmesh import gentoo, releases
+from swarmmesh import binhost, gentoo, releases
 from swarmmesh.artifacts import Store
 from swarmmesh.binhost import Binhost
 from swarmmesh.config import OrchestratorAddr
@@ -204,6 +204,44 @@ def test_staging_feed_store_and_release_endpoints(served):
     publish(node, "r-9", 5000, [info])
     assert json.loads(get(host, "/release")[2]) == {
         "node": "o1", "serving": "r-9", "serving_stamp": 5000, "newest": "r-9", "newest_stamp": 5000}
+
+
+def post(host: Binhost, path: str, body: bytes) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", host.port, timeout=5)
+    try:
+        conn.request("POST", path, body=body)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def test_a_bundle_carries_many_store_files_in_one_reply(served, monkeypatch):
+    node, host = served
+    small = [store_gpkg(node, f"app-misc/b{i}-1.0", seed=i) for i in range(3)]
+    big = store_gpkg(node, "app-misc/big-1.0", size=40_000)
+    monkeypatch.setattr(binhost, "BUNDLE_FILE_MAX", 20_000)
+    missing = "f" * 64
+    asked = [small[0].sha256, missing, big.sha256, *(i.sha256 for i in small[1:])]
+    status, body = post(host, "/store", "\n".join(asked).encode())
+    assert status == 200
+    got, rest = [], memoryview(body)
+    while rest:
+        line, _, tail = bytes(rest[:100]).partition(b"\n")
+        sha, size = line.decode().split()
+        rest = rest[len(line) + 1:]
+        data = bytes(rest[:max(int(size), 0)])
+        rest = rest[max(int(size), 0):]
+        got.append((sha, int(size), hashlib.sha256(data).hexdigest() if data else None))
+    assert got == [(small[0].sha256, small[0].size, small[0].sha256), (missing, -1, None), (big.sha256, -1, None),
+                   *((i.sha256, i.size, i.sha256) for i in small[1:])]
+
+
+@pytest.mark.parametrize("body", [b"", b"../../etc/passwd", ("a" * 64 + "\n") * 257])
+def test_a_bundle_request_names_1_to_256_sha256s(served, body):
+    _node, host = served
+    status, text = post(host, "/store", body if isinstance(body, bytes) else body.encode())
+    assert status == 400 and b"sha256" in text
 
 
 def test_a_taken_port_is_a_config_error(served):
