@@ -7,6 +7,7 @@ inspect_gpkg must accept what portage.gpkg writes, and (slow, optional) a real
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -501,11 +502,13 @@ def _members(path: Path) -> list[tuple[str, bytes]]:
 
 
 def _rewrite(path: Path, members: list[tuple[str, bytes]], extra: tarfile.TarInfo | None = None,
-             link: str = "") -> None:
-    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
-        for name, data in members:
+             link: str = "", fmt: int = tarfile.GNU_FORMAT, pax: dict[int, dict[str, str]] | None = None,
+             global_pax: dict[str, str] | None = None) -> None:
+    with tarfile.open(path, "w", format=fmt, pax_headers=global_pax) as tar:
+        for number, (name, data) in enumerate(members):
             info = tarfile.TarInfo(name)
             info.size = len(data)
+            info.pax_headers = (pax or {}).get(number, {})
             tar.addfile(info, io.BytesIO(data))
         if extra is not None:
             extra.type, extra.linkname = tarfile.SYMTYPE, link
@@ -524,3 +527,211 @@ def test_read_gpkg_metadata_matches_the_full_inspection(tmp_path):
     path = tmp_path / "p.gpkg.tar"
     gentoo.write_gpkg(path, "app-misc/meta-1.0", size=8192)
     assert gentoo.read_gpkg_metadata(path) == gentoo.inspect_gpkg(path).metadata
+
+
+# --------------------------------------------------------------------------------------------- GPKG tar blocks
+
+LONG_CPV = "app-misc/" + "long" * 30 + "-1.0"  # its top directory makes every member name over 100 bytes
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "kind"),
+    [
+        ("my-theme-1.0-1/gpkg-1", 0, tarfile.REGTYPE),
+        ("image/usr/share/", 0, tarfile.DIRTYPE),
+        ("x/" + "n" * 97, 7, tarfile.REGTYPE),  # 99 bytes: still plain ustar
+        ("x/" + "n" * 98, 7, tarfile.REGTYPE),  # 100 bytes: GNU, fits without a NUL
+        ("x/" + "n" * 99, 7, tarfile.REGTYPE),  # 101 bytes: GNU long-name record
+        ("x/" + "ü" * 80, 1234, tarfile.REGTYPE),
+        ("x/image.tar.gz", 9 << 30, tarfile.REGTYPE),  # over 8 GiB: base-256 size
+    ],
+)
+def test_tar_headers_are_tarfiles_byte_for_byte(name: str, size: int, kind: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.type = size, 1700000000, kind
+    info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
+    info.uname = info.gname = "root"
+    plain = len(name.encode()) < 100 and size < 8**11
+    assert gentoo._tar_header(name, size, 1700000000, kind) == info.tobuf(
+        tarfile.USTAR_FORMAT if plain else tarfile.GNU_FORMAT, "utf-8", "strict")
+
+
+def test_long_member_names_round_trip(tmp_path: Path, portage_settings) -> None:
+    import portage.gpkg
+
+    path = tmp_path / "long.gpkg.tar"
+    write_gpkg(path, LONG_CPV, size=9000)
+    top = LONG_CPV.partition("/")[2] + "-1"
+    with tarfile.open(path) as tar:
+        assert tar.getnames() == [f"{top}/{n}" for n in ("gpkg-1", "metadata.tar.gz", "image.tar.gz", "Manifest")]
+    meta = inspect_gpkg(path, expect_cpv=LONG_CPV).metadata
+    assert gentoo.read_gpkg_metadata(path) == meta
+    assert portage.gpkg.gpkg(portage_settings, top, str(path)).get_metadata()["PF"].decode().strip() == meta["PF"]
+
+
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT])
+def test_pax_and_ustar_prefix_names_are_read(tmp_path: Path, fmt: int) -> None:
+    """Portage writes long names in the ustar prefix field; other writers use pax headers."""
+    path = tmp_path / "long.gpkg.tar"
+    write_gpkg(path, LONG_CPV, size=9000)
+    members = _members(path)
+    _rewrite(path, members, fmt=fmt)
+    assert (b"path=" in path.read_bytes()) == (fmt == tarfile.PAX_FORMAT)
+    assert inspect_gpkg(path).cpv == LONG_CPV
+    assert gentoo.read_gpkg_metadata(path)["PF"] == LONG_CPV.partition("/")[2]
+
+
+def _header_offsets(path: Path) -> dict[str, int]:
+    with tarfile.open(path) as tar:
+        return {m.name.partition("/")[2]: m.offset for m in tar.getmembers()}
+
+
+def _patch_header(data: bytearray, offset: int, field: int, value: bytes) -> None:
+    """Overwrite part of the header at `offset` and give it a valid checksum again."""
+    data[offset + field:offset + field + len(value)] = value
+    data[offset + 148:offset + 156] = b" " * 8
+    data[offset + 148:offset + 156] = b"%06o\0 " % sum(data[offset:offset + 512])
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda d, o: d.__setitem__(o["metadata.tar.gz"] + 5, ord("X")), "bad header checksum"),
+        (lambda d, o: d.__delitem__(slice(o["Manifest"] + 200, None)), "truncated header"),
+        (lambda d, o: d.__delitem__(slice(len(d) - 1024, None)), "without an end-of-archive marker"),
+        (lambda d, o: _patch_header(d, o["image.tar.gz"], 124, b"%011o\0" % (1 << 30)), "cut short"),
+        (lambda d, o: _patch_header(d, o["gpkg-1"], 100, b"06x4\0\0\0\0"), "malformed number field"),
+        (lambda d, o: _patch_header(d, o["gpkg-1"], 257, b"ustar\0\0\0"), "neither ustar nor GNU"),
+        (lambda d, o: _patch_header(d, o["gpkg-1"], 156, b"S"), "type 'S'"),
+        (lambda d, o: d.extend(b"junk" + bytes(508)), "after the end-of-archive marker"),
+    ],
+)
+def test_inspect_rejects_damaged_tar_blocks(gpkg: Path, damage, reason: str) -> None:
+    data = bytearray(gpkg.read_bytes())
+    damage(data, _header_offsets(gpkg))
+    gpkg.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=f"not a readable GPKG tar archive.*{reason}"):
+        inspect_gpkg(gpkg)
+
+
+def test_inspect_accepts_unusual_but_valid_tar_blocks(gpkg: Path) -> None:
+    """Old-style number fields (spaces, no leading zeros) and zero padding after the end marker."""
+    data = bytearray(gpkg.read_bytes())
+    _patch_header(data, _header_offsets(gpkg)["metadata.tar.gz"], 100, b"   644 \0")
+    data += bytes(10240)
+    gpkg.write_bytes(bytes(data))
+    assert inspect_gpkg(gpkg).cpv == "x11-themes/my-theme-1.0"
+    assert gentoo.read_gpkg_metadata(gpkg)["PF"] == "my-theme-1.0"
+
+
+@pytest.mark.parametrize(
+    ("pax", "reason"),
+    [
+        ({"GNU.sparse.major": "1"}, "pax record 'GNU.sparse.major'"),
+        ({"size": "12x"}, "not a number"),
+    ],
+)
+def test_inspect_rejects_pax_records_gpkgs_never_use(gpkg: Path, pax: dict[str, str], reason: str) -> None:
+    _rewrite(gpkg, _members(gpkg), fmt=tarfile.PAX_FORMAT, pax={2: pax})
+    with pytest.raises(ArtifactError, match=reason):
+        inspect_gpkg(gpkg)
+
+
+def test_inspect_rejects_global_pax_headers_and_names_given_twice(gpkg: Path) -> None:
+    ours = gpkg.read_bytes()  # ends with exactly the two zero blocks of the end marker
+    members = _members(gpkg)
+    _rewrite(gpkg, members, fmt=tarfile.PAX_FORMAT, global_pax={"comment": "x"})
+    with pytest.raises(ArtifactError, match="type 'g'"):
+        inspect_gpkg(gpkg)
+    _rewrite(gpkg, members)
+    data = gpkg.read_bytes()
+    named = io.BytesIO()
+    with tarfile.open(fileobj=named, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo(members[0][0])
+        info.pax_headers = {"path": members[0][0]}
+        tar.addfile(info)
+    longname = gentoo._tar_header("x/" + "n" * 120, 0, 0)[:1024]  # the GNU long-name record alone
+    gpkg.write_bytes(named.getvalue()[:1024] + longname + data)  # pax record, long-name record, gpkg-1
+    with pytest.raises(ArtifactError, match="named or sized twice"):
+        inspect_gpkg(gpkg)
+    gpkg.write_bytes(ours[:-1024] + named.getvalue()[:1024] + ours[-1024:])  # a pax record, then the end
+    with pytest.raises(ArtifactError, match="no member after it"):
+        inspect_gpkg(gpkg)
+
+
+def test_read_gpkg_metadata_rejects_a_cut_metadata_member(gpkg: Path) -> None:
+    gpkg.write_bytes(gpkg.read_bytes()[:_header_offsets(gpkg)["metadata.tar.gz"] + 700])
+    with pytest.raises(ArtifactError, match="not a readable GPKG.*runs past the end"):
+        gentoo.read_gpkg_metadata(gpkg)
+
+
+# --------------------------------------------------------------------------------------------- GPKG digests
+
+
+def _with_manifest(members: list[tuple[str, bytes]], line) -> list[tuple[str, bytes]]:
+    """The same members with a Manifest made of `line(name, data)` for each other member."""
+    body = "".join(line(n.partition("/")[2], d) for n, d in members if not n.endswith("/Manifest"))
+    return _tampered(members, members[3][0], body.encode())
+
+
+def test_one_listed_digest_is_enough_and_other_algorithms_are_reread(gpkg: Path) -> None:
+    members = _members(gpkg)
+    _rewrite(gpkg, _with_manifest(members, lambda n, d: f"DATA {n} {len(d)} SHA256 {hashlib.sha256(d).hexdigest()}\n"))
+    assert inspect_gpkg(gpkg).cpv == "x11-themes/my-theme-1.0"
+    wrong = hashlib.sha256(b"other").hexdigest()
+    _rewrite(gpkg, _with_manifest(members, lambda n, d: f"DATA {n} {len(d)} SHA256 {wrong}\n"))
+    with pytest.raises(ArtifactError, match="does not match its Manifest"):
+        inspect_gpkg(gpkg)
+
+
+def test_blake2b_is_the_digest_checked_when_both_are_listed(gpkg: Path) -> None:
+    members = _members(gpkg)
+    good = lambda d: f"SHA512 {hashlib.sha512(d).hexdigest()}"  # noqa: E731
+    _rewrite(gpkg, _with_manifest(members, lambda n, d: f"DATA {n} {len(d)} {good(d)} BLAKE2B {'0' * 128}\n"))
+    with pytest.raises(ArtifactError, match="does not match its Manifest"):
+        inspect_gpkg(gpkg)
+
+
+def test_a_member_with_no_checkable_digest_is_rejected(gpkg: Path) -> None:
+    members = _members(gpkg)
+    _rewrite(gpkg, _with_manifest(members, lambda n, d: f"DATA {n} {len(d)} MD5 {hashlib.md5(d).hexdigest()}\n"))
+    with pytest.raises(ArtifactError, match=r"no digest swarmmesh checks for gpkg-1 \(\['MD5'\]\)"):
+        inspect_gpkg(gpkg)
+
+
+def test_threaded_digests_agree_with_inline_ones(gpkg: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    inline = inspect_gpkg(gpkg)
+    monkeypatch.setattr(gentoo, "_THREADED_FROM", 0)
+    monkeypatch.setattr(gentoo, "_CHUNK", 4096)  # several chunks, so the lanes really queue
+    before = threading.active_count()
+    assert inspect_gpkg(gpkg) == inline
+    data = bytearray(gpkg.read_bytes())
+    data[_header_offsets(gpkg)["image.tar.gz"] + 3000] ^= 1
+    gpkg.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="image.tar.gz does not match"):
+        inspect_gpkg(gpkg)
+    assert threading.active_count() == before  # every digest thread was joined
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_damaged_gpkgs_raise_artifact_errors_only(tmp_path_factory: pytest.TempPathFactory, data) -> None:
+    """Whatever a flipped byte, a cut or inserted junk does, the readers fail cleanly (or accept a
+    file whose damage no reader can see, e.g. in a member's zero padding)."""
+    path = tmp_path_factory.getbasetemp() / "fuzz.gpkg.tar"
+    write_gpkg(path, "cat/pkg-1.0", size=2048, metadata={"BUILD_TIME": "1"})
+    raw = bytearray(path.read_bytes())
+    where = data.draw(st.integers(0, len(raw) - 1))
+    how = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+    if how == "flip":
+        raw[where] ^= data.draw(st.integers(1, 255))
+    elif how == "cut":
+        del raw[where:]
+    else:
+        raw[where:where] = data.draw(st.binary(min_size=1, max_size=600))
+    path.write_bytes(bytes(raw))
+    for read in (inspect_gpkg, gentoo.read_gpkg_metadata):
+        with contextlib.suppress(ArtifactError):
+            read(path)
