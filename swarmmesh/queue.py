@@ -23,6 +23,12 @@ even after ``reset``; its ``stamp`` (the Packages TIMESTAMP) strictly increases,
 clients ignore an index that is not newer than the one they cached. ``rollback`` therefore
 republishes an older release's files as a new release instead of moving a pointer back.
 
+Change feed: each change to a file's record (received, held, unheld, lost, released) appends
+its sha256 to a bounded feed whose position is ``files_version``; the components that keep a
+node's store and indexes in step follow it (``changed_files``) instead of rescanning 20k
+packages every tick. The feed is local bookkeeping, left out of snapshots and fingerprints: a
+restored or reset queue answers "rescan everything".
+
 Dependencies: a package's edges are fixed when it first enters the queue; only edges to keys
 already queued (or in the same batch) count. Edges to earlier-submitted packages always count;
 an edge to a later-submitted one is dropped if it would close a cycle (checked in submission
@@ -92,6 +98,8 @@ class Release:
 
 
 FILE_FIELDS = ("sha256", "size", "md5", "sha1", "path", "build_id")
+FEED_LIMIT = 1 << 16  # changes a reader may lag behind before it must rescan everything
+_LOCAL = ("_feed", "_feed_base", "_by_sha", "_newest_files")  # derived: not pickled, rebuilt on restore
 
 
 def _ok(code: str = "ok", **extra: Any) -> dict:
@@ -108,14 +116,36 @@ class BuildQueue:
     def __init__(self) -> None:
         self._releases: dict[str, Release] = {}
         self._holders: dict[str, list[str]] = {}  # sha256 -> orchestrators that store the file
-        self.files_version = 0  # bumped whenever files, holders or releases change (cheap polling)
+        self.files_version = 0  # position of the change feed: moves whenever a file's record changes
         self._terms: dict[int, str] = {}
         self._max_term = 0
         self.violations: list[str] = []
         self._clear()
+        self._derive()
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in vars(self).items() if k not in _LOCAL}
+
+    def __setstate__(self, state: dict) -> None:
+        """A restored queue (snapshot, full dump) rebuilds its indexes; its feed starts empty, so
+        a reader that was behind it rescans (equal positions mean equal files: both are
+        counted the same way along the one committed history)."""
+        vars(self).update(state)
+        self._derive()
+
+    def _derive(self) -> None:
+        self._feed: list[str] = []  # sha256 per change; _feed[i] is change number _feed_base + i + 1
+        self._feed_base = self.files_version
+        self._by_sha: dict[str, list[str]] = {}  # sha256 -> keys of received packages with that file
+        for pkg in self._packages.values():
+            if pkg.state == RECEIVED:
+                self._index_file(pkg)
+        newest = next(reversed(self._releases.values()), None) if self._releases else None
+        self._newest_files = _files_by_sha(newest)
 
     def _clear(self) -> None:
         self._packages: dict[str, Package] = {}  # insertion order == seq order
+        self._by_sha = {}
         self._batches: dict[str, Batch] = {}
         self._batch_counts: dict[str, dict[str, int]] = {}  # batch id -> state -> packages
         self._seq = 0
@@ -208,7 +238,8 @@ class BuildQueue:
         self._set_state(pkg, RECEIVED)
         self._forget_unmet(pkg)
         self._register_holders(pkg.result)
-        self.files_version += 1
+        if (sha := self._index_file(pkg)) is not None:
+            self._changed(sha)
         self._streak.pop(drone, None)
         self._revive_dependants(key)
         self._release_dependants(key)
@@ -302,7 +333,7 @@ class BuildQueue:
         if node in holders:
             return _ok("duplicate", holders=list(holders), duplicate=True)
         holders.append(node)
-        self.files_version += 1
+        self._changed(sha256)
         return _ok(holders=list(holders))
 
     def unhold(self, sha256: str, node: str) -> dict:
@@ -311,7 +342,7 @@ class BuildQueue:
         if holders is None or node not in holders:
             return _ok("duplicate", duplicate=True)
         holders.remove(node)
-        self.files_version += 1
+        self._changed(sha256)
         return _ok(holders=list(holders))
 
     def lose(self, key: str, sha256: str, reason: str, now: float) -> dict:
@@ -323,18 +354,19 @@ class BuildQueue:
             return _no("unknown")
         if pkg.state != RECEIVED or (pkg.result or {}).get("sha256") != sha256:
             return _no("not_received", state=pkg.state)
+        self._unindex_file(pkg)
         pkg.result, pkg.error, pkg.drone, pkg.attempts = None, reason, None, 0
         self._set_state(pkg, NEEDED)
         self._count_unmet(pkg)
         self._block_dependants(key)
         self._push_if_ready(pkg)
-        self.files_version += 1
         return _ok(state=NEEDED)
 
     def reset(self) -> dict:
         """Forget the queue but keep releases (they are on disk) and terms (fencing must hold)."""
         self._clear()
-        self.files_version += 1
+        self.files_version += 1  # a jump the feed does not cover: every reader rescans
+        self._feed, self._feed_base = [], self.files_version
         return _ok()
 
     def note_leader(self, term: int, leader: str) -> dict:
@@ -420,9 +452,34 @@ class BuildQueue:
                 wanted[f["sha256"]] = {"key": None, "size": f.get("size"), "holders": self.holders(f["sha256"])}
         return wanted
 
-    def received_files(self) -> list[dict]:
-        """The received packages as release file records, in seq order (the staging feed)."""
-        return [_file_of(p) for p in self._packages.values() if p.state == RECEIVED]
+    def artifact(self, sha256: str) -> dict | None:
+        """What `artifacts()` says of one file (None: no node needs to store it)."""
+        keys = self._by_sha.get(sha256)
+        if keys:
+            pkg = max((self._packages[k] for k in keys), key=lambda p: p.seq)  # as artifacts(): the last wins
+            return {"key": pkg.key, "size": (pkg.result or {}).get("size"), "holders": self.holders(sha256)}
+        if sha256 in self._newest_files:
+            return {"key": None, "size": self._newest_files[sha256], "holders": self.holders(sha256)}
+        return None
+
+    def changed_files(self, since: int) -> tuple[int, list[str] | None]:
+        """(position, the files whose record changed after position `since`, each once, in order
+        of their first change). None instead of the list: `since` is older than the feed keeps,
+        from before a reset or restore, or from another queue; rescan everything."""
+        if not self._feed_base <= since <= self.files_version:
+            return self.files_version, None
+        return self.files_version, list(dict.fromkeys(self._feed[since - self._feed_base:]))
+
+    def received(self, sha256: str | None = None) -> list[tuple[int, dict]]:
+        """(seq, release file record) of the received packages in seq order, or of those whose file
+        is `sha256`: the staging feed lists them, following `changed_files`."""
+        if sha256 is None:
+            return [(p.seq, _file_of(p)) for p in self._packages.values() if p.state == RECEIVED]
+        return [(p.seq, _file_of(p)) for p in (self._packages[k] for k in self._by_sha.get(sha256, ()))]
+
+    def newest_release_id(self) -> str | None:
+        """Cheap to poll, unlike `newest_release` (which copies every file record)."""
+        return next(reversed(self._releases), None) if self._releases else None
 
     def unreleased_batches(self) -> list[str]:
         """Complete batches with received packages that no release covers yet (auto_finalize)."""
@@ -530,7 +587,36 @@ class BuildQueue:
         newest = next(reversed(self._releases.values()), None) if self._releases else None
         rel.stamp = max(int(rel.created_at), newest.stamp + 1 if newest else 0)
         self._releases[rel.id] = rel
+        old, self._newest_files = self._newest_files, _files_by_sha(rel)
+        new = self._newest_files
+        for sha in [*old, *(s for s in new if s not in old)]:
+            if sha not in self._by_sha and (sha in old, old.get(sha)) != (sha in new, new.get(sha)):
+                self._changed(sha)  # wanted (or not) for the release's sake only
+
+    def _changed(self, sha256: str) -> None:
+        """Append to the change feed, trimmed in halves so appending stays O(1) on average."""
+        self._feed.append(sha256)
         self.files_version += 1
+        if len(self._feed) > 2 * FEED_LIMIT:
+            del self._feed[:FEED_LIMIT]
+            self._feed_base += FEED_LIMIT
+
+    def _index_file(self, pkg: Package) -> str | None:
+        sha = (pkg.result or {}).get("sha256")
+        if not isinstance(sha, str):
+            return None
+        self._by_sha.setdefault(sha, []).append(pkg.key)
+        return sha
+
+    def _unindex_file(self, pkg: Package) -> None:
+        sha = (pkg.result or {}).get("sha256")
+        if not isinstance(sha, str) or sha not in self._by_sha:
+            return
+        keys = self._by_sha[sha]
+        keys.remove(pkg.key)
+        if not keys:
+            del self._by_sha[sha]
+        self._changed(sha)
 
     def _register_holders(self, result: dict) -> None:
         sha = result.get("sha256")
@@ -696,6 +782,15 @@ class BuildQueue:
 
 def _dependency_failed(key: str) -> str:
     return f"dependency {key} failed"
+
+
+def _files_by_sha(rel: Release | None) -> dict[str, Any]:
+    """sha256 -> size of a release's files (the first record of a file wins, as in `artifacts`)."""
+    out: dict[str, Any] = {}
+    for f in rel.files if rel else ():
+        if isinstance(f.get("sha256"), str):
+            out.setdefault(f["sha256"], f.get("size"))
+    return out
 
 
 def _file_of(pkg: Package) -> dict:

@@ -25,6 +25,7 @@ import shutil
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +44,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHECK_PERIOD = 0.25
-RECHECK = 5.0  # with nothing changed in the log, look again this often (a failed build retries)
+CHECK_PERIOD = 0.1
+RESYNC = 30.0  # rescan every received file this often anyway: a net for changes the log's feed cannot show
+STAGE_MIN = 0.1  # seconds between two renders of the staging index, at least...
+STAGE_FACTOR = 10.0  # ...and this many times the last render took: at most ~10 % of a core on 20k packages
 AUTO_PERIOD = 1.0
 RELEASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
 CURRENT = "current"
@@ -139,17 +142,47 @@ def index_entry(record: dict, path: str) -> dict[str, str]:
 
 def render_packages(entries: list[dict[str, str]], stamp: int) -> bytes:
     """The Packages file: a pure function of the entries and the stamp (byte-identical everywhere)."""
+    index = _package_index(common_chost(e.get("CHOST") for e in entries))
+    index.header.update(VERSION="0", TIMESTAMP=str(int(stamp)), PACKAGES=str(len(entries)))
+    index.packages = [dict(e) for e in entries]
+    return _text(index).encode("utf-8")
+
+
+def common_chost(chosts: Iterable[str | None]) -> str | None:
+    """The header's CHOST: the most common one (entries that share it leave it out)."""
+    counts = Counter(c for c in chosts if c)
+    return min(counts, key=lambda c: (-counts[c], c)) if counts else None
+
+
+def packages_header(count: int, chost: str | None, stamp: int) -> str:
+    """The header block of a Packages file; `render_entry` blocks sorted by CPV follow it."""
+    index = _package_index(chost)
+    index.header.update(VERSION="0", TIMESTAMP=str(int(stamp)), PACKAGES=str(count))
+    return _text(index)
+
+
+def render_entry(entry: dict[str, str], chost: str | None) -> str:
+    """One package's block, as `render_packages` writes it under a header with this CHOST: the
+    staging feed joins cached blocks instead of rewriting every package for each new one."""
+    index = _package_index(chost)
+    bare = _text(index)
+    index.packages = [dict(entry)]
+    return _text(index)[len(bare):]
+
+
+def _package_index(chost: str | None) -> PackageIndex:
     index = PackageIndex(allowed_pkg_keys=None, default_pkg_data=_DEFAULT_PKG_DATA,
                          inherited_keys=_INHERITED, translated_keys=_TRANSLATED)
-    chosts = Counter(e["CHOST"] for e in entries if e.get("CHOST"))
-    index.header.update(VERSION="0", TIMESTAMP=str(int(stamp)), PACKAGES=str(len(entries)))
-    if chosts:
-        index.header["CHOST"] = min(chosts, key=lambda c: (-chosts[c], c))
-    index.packages = [dict(e) for e in entries]
+    if chost:
+        index.header["CHOST"] = chost
+    return index
+
+
+def _text(index: PackageIndex) -> str:
     index.modified = False  # or write() stamps the local clock into TIMESTAMP
     out = io.StringIO()
     index.write(out)
-    return out.getvalue().encode("utf-8")
+    return out.getvalue()
 
 
 def gzip_bytes(data: bytes) -> bytes:
@@ -250,8 +283,6 @@ def prune(root: Path, keep: list[str]) -> list[str]:
     return removed
 
 
-
-
 def _log_failure(future: Future) -> None:
     if not future.cancelled() and future.exception() is not None:
         exc = future.exception()
@@ -266,15 +297,201 @@ class Feed:
 
     packages: bytes = b""
     paths: dict[str, str] = field(default_factory=dict)  # PATH -> sha256
-    keys: tuple = ()
+    keys: tuple = ()  # unused since the feed is followed incrementally; kept for positional callers
+
+
+class ReceivedView:
+    """This node's copy of the log's received files, kept current from the change feed: which
+    of them the staging feed lists (those indexed here) and which files still need indexing.
+    Keeping it costs what changed; reading all 20k received files again happens only on a
+    `reload`. Loop thread only."""
+
+    def __init__(self, entries: Entries) -> None:
+        self.entries = entries
+        self.files: dict[str, tuple[int, dict]] = {}  # key -> (seq, file record)
+        self.listed: dict[str, tuple[int, dict]] = {}  # the indexed part of `files`: what staging lists
+        self.todo: dict[str, dict] = {}  # sha256 -> file record, for files not indexed yet
+        self.changed = False  # `listed` changed since the staging feed was last rendered
+        self._keys: dict[str, set[str]] = {}  # sha256 -> keys (possibly stale: `files` decides)
+        self._extra: set[str] = set()  # files the newest release wants (indexed even if not received)
+
+    def reload(self, items: list[tuple[int, dict]]) -> None:
+        """Start over from every received file (start-up, reset, restored snapshot, resync)."""
+        self.files = {f["key"]: (seq, f) for seq, f in items}
+        self._keys = {}
+        for key, (_, f) in self.files.items():
+            self._keys.setdefault(f["sha256"], set()).add(key)
+        self.todo = {sha: f for sha, f in self.todo.items() if sha in self._extra}
+        listed = {key: sf for key in self.files if (sf := self._listing(key)) is not None}
+        if listed != self.listed:
+            self.listed, self.changed = listed, True
+
+    def update(self, sha256: str, items: list[tuple[int, dict]]) -> None:
+        """The log changed something about this file: `items` are its received packages now."""
+        keys = {key for key in self._keys.pop(sha256, ()) if self._sha_of(key) == sha256}
+        for key in keys:
+            del self.files[key]
+        for seq, f in items:
+            self.files[f["key"]] = (seq, f)
+            keys.add(f["key"])
+        if items:
+            self._keys[sha256] = {f["key"] for _, f in items}
+        elif sha256 not in self._extra:
+            self.todo.pop(sha256, None)
+        self._relist(keys)
+
+    def want(self, files: list[dict]) -> None:
+        """The newest release's files: index them too, received or not."""
+        self._extra = {f["sha256"] for f in files}
+        for f in files:
+            if f["sha256"] not in self.todo and self.entries.get(f["sha256"]) is None:
+                self.todo[f["sha256"]] = f
+
+    def unindexed(self, held: Callable[[str], bool]) -> list[dict]:
+        """Files to index now (held here, not indexed); those indexed meanwhile get listed."""
+        missing = []
+        for sha, f in list(self.todo.items()):
+            if not held(sha):
+                continue
+            if self.entries.get(sha) is None:
+                missing.append(f)
+                continue
+            del self.todo[sha]
+            self._relist({key for key in self._keys.get(sha, ()) if self._sha_of(key) == sha})
+        return missing
+
+    def _relist(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            listing = self._listing(key)
+            if self.listed.get(key) != listing:
+                self.changed = True
+                if listing is None:
+                    del self.listed[key]
+                else:
+                    self.listed[key] = listing
+
+    def _listing(self, key: str) -> tuple[int, dict] | None:
+        """What staging should list for `key`: its file once indexed (until then it is to do)."""
+        sf = self.files.get(key)
+        if sf is None:
+            return None
+        if self.entries.get(sf[1]["sha256"]) is None:
+            self.todo[sf[1]["sha256"]] = sf[1]
+            return None
+        return sf
+
+    def _sha_of(self, key: str) -> str | None:
+        sf = self.files.get(key)
+        return None if sf is None else sf[1]["sha256"]
+
+
+@dataclass
+class _Block:
+    """One package's part of the staging index, kept between renders."""
+
+    source: dict  # the file record it was made from
+    path: str
+    cpv: str
+    chost: str | None
+    record: dict
+    entry: dict[str, str] | None  # kept until the block is first rendered
+    text: str | None = None
+    under: str | None = None  # the header CHOST `text` was rendered for (a package sharing it omits it)
+
+
+@dataclass(frozen=True)
+class _Unlisted:
+    """A package whose file cannot be listed (why was logged): not looked at again unless its
+    file record changes."""
+
+    source: dict
+
+
+class Stager:
+    """Renders the staging index (worker thread only). Each package's block is rendered once
+    and kept while its file record stays the same, so a render is a sort and a join, not 20k
+    index entries; the output is what `render_packages` writes for the same entries."""
+
+    def __init__(self, entries: Entries) -> None:
+        self.entries = entries
+        self._blocks: dict[str, _Block | _Unlisted] = {}  # by package key
+        self._stamp = 0
+        self._warned: set[str] = set()
+
+    def render(self, files: list[tuple[int, dict]]) -> Feed:
+        placed, paths = self._place(sorted(files, key=_first))
+        chost = common_chost(block.chost for block in placed)
+        placed.sort(key=_cpv_of)  # stable, so like PackageIndex.write: by CPV, then in seq order
+        body = "".join([self._text(block, chost) for block in placed])
+        self._stamp = max(self._stamp + 1, int(time.time()))
+        return Feed((packages_header(len(placed), chost, self._stamp) + body).encode("utf-8"), paths)
+
+    def _place(self, files: list[tuple[int, dict]]) -> tuple[list[_Block], dict[str, str]]:
+        """Each listable package's block, in seq order, and PATH -> sha256; a PATH taken twice
+        keeps the first, as in a release."""
+        placed: list[_Block] = []
+        paths: dict[str, str] = {}
+        used, old = {}, self._blocks
+        for _, f in files:
+            block = old.get(f["key"])
+            if block is None or (block.source is not f and block.source != f):
+                record = self.entries.get(f["sha256"])
+                if record is None:
+                    continue  # forgotten since it was listed: the next render leaves it out
+                block = self._block(f, record)
+            used[f["key"]] = block
+            if isinstance(block, _Unlisted):
+                continue
+            if block.path in paths:
+                self._warn(f["key"], f"{block.path} is already in the staging feed; left out")
+                continue
+            paths[block.path] = f["sha256"]
+            placed.append(block)
+        self._blocks = used
+        return placed, paths
+
+    def _block(self, f: dict, record: dict) -> _Block | _Unlisted:
+        if record["cpv"] != f["cpv"]:
+            self._warn(f["key"], f"left out of the staging feed: its file is indexed as {record['cpv']}")
+            return _Unlisted(f)
+        try:
+            path = release_paths([f])[0][1]
+            entry = index_entry(record, path)
+        except (ArtifactError, InputError) as exc:
+            self._warn(f["key"], f"left out of the staging feed: {exc}")
+            return _Unlisted(f)
+        return _Block(f, path, f["cpv"], entry.get("CHOST") or None, record, entry)
+
+    @staticmethod
+    def _text(block: _Block, chost: str | None) -> str:
+        """Rendered once, and again only if the header's CHOST changes (rare)."""
+        if block.text is None or block.under != chost:
+            entry = block.entry if block.entry is not None else index_entry(block.record, block.path)
+            block.text, block.under, block.entry = render_entry(entry, chost), chost, None
+        return block.text
+
+    def _warn(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("%s: %s", key, message)
+
+
+def _first(item: tuple[int, dict]) -> int:
+    return item[0]
+
+
+def _cpv_of(block: _Block) -> str:
+    return block.cpv
 
 
 # --- the component ---------------------------------------------------------------------------
 
 class Releases(Component):
-    """Component of an Orchestrator: builds the newest release, serves it, prunes, auto-finalizes.
+    """Component of an Orchestrator: builds the newest release, serves it, prunes, auto-finalizes,
+    and keeps the staging feed current.
 
-    File work runs on one worker thread; the loop only decides and commits."""
+    File work runs on one worker thread; the loop only decides and commits, at a cost that
+    follows what changed in the log (its change feed), not how many packages it holds."""
 
     def __init__(self, node: Orchestrator) -> None:
         self.node = node
@@ -285,13 +502,17 @@ class Releases(Component):
         self.entries = Entries(self.data / "entries")
         self.serving = current_release(self.data)
         self.staging = Feed()
-        self._staging_stamp = 0
+        self._view = ReceivedView(self.entries)
+        self._stager = Stager(self.entries)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"release-{node.name}")
         self._job: Future | None = None
         self._failed: dict[str, float] = {}  # release id -> when to try again
-        self._next = self._next_auto = 0.0
-        self._idle: tuple[int, str | None] | None = None  # (files_version, serving) with nothing to do
-        self._recheck = 0.0
+        self._next = self._next_auto = self._resync = 0.0
+        self._seen = -1  # position in the log's change feed; -1: read every received file
+        self._newest: Release | None = None
+        self._absent: set[str] = set()  # files of the newest release not seen stored here yet
+        self._next_stage = self._stage_cost = 0.0
+        self._staged_last = False
         self._finalizing = False
 
     # --- component protocol --------------------------------------------------------------
@@ -309,36 +530,72 @@ class Releases(Component):
             self._next_auto = now + AUTO_PERIOD
             self._auto_finalize()
         if self._job is None or self._job.done():
-            seen = (self.node.election.read(lambda q: q.files_version), self.serving)
-            if seen == self._idle and now < self._recheck:
-                return  # nothing changed since the last look
             self._job = self._next_job(now)
-            self._idle, self._recheck = (seen if self._job is None else None), now + RECHECK
 
     # --- what to do next -----------------------------------------------------------------
     def _next_job(self, now: float) -> Future | None:
-        newest, received = self.node.election.read(lambda q: (q.newest_release(), q.received_files()))
-        missing = self._unindexed([*(newest.files if newest else ()), *received])
+        """Index, publish or stage; a due staging render alternates with a stream of indexing,
+        so drones see new packages while files keep arriving."""
+        self._follow(now)
+        if self._stage_due(now) and not self._staged_last:
+            return self._start_stage(now)
+        self._staged_last = False
+        missing = self._view.unindexed(self.node.replicator.has)
         if missing:
             return self._submit(self._index, missing)
-        if newest is not None and newest.id != self.serving and now >= self._failed.get(newest.id, 0.0):
-            if all(self.node.replicator.has(f["sha256"]) for f in newest.files):
-                return self._submit(self._publish, newest)
-        keys = tuple((f["key"], f["sha256"]) for f in received if self.entries.get(f["sha256"]))
-        if keys != self.staging.keys:
-            return self._submit(self._stage, received, keys)
-        return None
+        if self._publishable(now):
+            return self._submit(self._publish, self._newest)
+        return self._start_stage(now) if self._stage_due(now) else None
+
+    def _follow(self, now: float) -> None:
+        """Catch up with the log: what changed since the last look (or everything, now and then)."""
+        if now >= self._resync:
+            self._seen, self._resync = -1, now + RESYNC
+        seen, changed, found, newest = self.node.election.read(self._changes)
+        if newest != (self._newest.id if self._newest else None):
+            self._set_newest()
+        if changed is None:
+            self._view.reload(found)
+        else:
+            for sha, items in found.items():
+                self._view.update(sha, items)
+        self._seen = seen
+
+    def _changes(self, q: Any) -> tuple[int, list[str] | None, Any, str | None]:
+        """Under the queue's lock: the feed's position, and the received files that changed."""
+        seen, changed = q.changed_files(self._seen)
+        found = q.received() if changed is None else {sha: q.received(sha) for sha in changed}
+        return seen, changed, found, q.newest_release_id()
+
+    def _set_newest(self) -> None:
+        """Releases are immutable: their files are read once, not at every look."""
+        self._newest = self.node.election.read(lambda q: q.newest_release())
+        files = self._newest.files if self._newest else []
+        self._view.want(files)
+        self._absent = {f["sha256"] for f in files}
+
+    def _publishable(self, now: float) -> bool:
+        rel = self._newest
+        if rel is None or rel.id == self.serving or now < self._failed.get(rel.id, 0.0):
+            return False
+        has = self.node.replicator.has
+        self._absent = {sha for sha in self._absent if not has(sha)}
+        return not self._absent
+
+    def _stage_due(self, now: float) -> bool:
+        return self._view.changed and now >= self._next_stage
+
+    def _start_stage(self, now: float) -> Future:
+        """Render at most every STAGE_MIN s, and rarer when a render takes long."""
+        self._view.changed, self._staged_last = False, True
+        self._next_stage = now + max(STAGE_MIN, STAGE_FACTOR * self._stage_cost)
+        return self._submit(self._stage, list(self._view.listed.values()))
 
     def _submit(self, fn: Any, *args: Any) -> Future:
         """Run file work on the worker thread; a bug there is logged, never silently lost."""
         future = self._pool.submit(fn, *args)
         future.add_done_callback(_log_failure)
         return future
-
-    def _unindexed(self, files: list[dict]) -> list[dict]:
-        held = self.node.replicator.has
-        todo = {f["sha256"]: f for f in files if held(f["sha256"]) and self.entries.get(f["sha256"]) is None}
-        return list(todo.values())
 
     # --- worker-thread jobs --------------------------------------------------------------
     def _index(self, files: list[dict]) -> None:
@@ -358,10 +615,16 @@ class Releases(Component):
             point_current(self.data, rel.id)
         except (OSError, ArtifactError, InputError) as exc:
             log.error("cannot build release %s yet: %s; retrying", rel.id, exc)
-            self.node.post(lambda: self._failed.__setitem__(rel.id, time.monotonic() + 5.0))
+            self.node.post(lambda: self._publish_failed(rel.id))
             return
         log.info("serving release %s (%d packages, stamp %d)", rel.id, len(rel.files), rel.stamp)
         self.node.post(lambda: self._published(rel.id))
+
+    def _publish_failed(self, release_id: str) -> None:
+        """Wait a while, and then check every file again (one may have been dropped meanwhile)."""
+        self._failed[release_id] = time.monotonic() + 5.0
+        if self._newest is not None and self._newest.id == release_id:
+            self._absent = {f["sha256"] for f in self._newest.files}
 
     def _entry(self, f: dict) -> dict:
         record = self.entries.get(f["sha256"])
@@ -379,13 +642,10 @@ class Releases(Component):
         if removed:
             log.info("pruned %d old release(s): %s", len(removed), ", ".join(removed))
 
-    def _stage(self, received: list[dict], keys: tuple) -> None:
-        placed = [(f, path) for f, path in release_paths([f for f in received if self.entries.get(f["sha256"])])
-                  if self.entries.get(f["sha256"])["cpv"] == f["cpv"]]
-        entries = [index_entry(self._entry(f), path) for f, path in placed]
-        self._staging_stamp = max(self._staging_stamp + 1, int(time.time()))
-        self.staging = Feed(render_packages(entries, self._staging_stamp),
-                            {path: f["sha256"] for f, path in placed}, keys)
+    def _stage(self, files: list[tuple[int, dict]]) -> None:
+        started = time.monotonic()
+        self.staging = self._stager.render(files)
+        self._stage_cost = time.monotonic() - started
 
     def relink(self, sha256: str) -> None:
         """A re-fetched file replaces the corrupt copy in every built release that links it."""

@@ -15,6 +15,12 @@ fetched again. A stored file that neither a received package nor one of the last
 `keep_releases` releases refers to (a lost package's old copy, a rejected commit's file) is
 removed after GC_GRACE.
 
+Each tick costs what changed, not what is stored: the replicator follows the log's change
+feed (`BuildQueue.changed_files`) and keeps `pending`, the files that still need something
+from this node (a fetch, an adoption, a `hold` or an `unhold`); it rescans every file only at
+start-up, when the feed says so (after a reset, a restored snapshot, or falling too far
+behind) and for the garbage collection every GC_PERIOD.
+
 A fetched file is not fsynced before `hold`: the Raft journal itself is only safe against a
 killed process, not a power loss (FACTS.md), and what a power loss does to a fetched copy is
 what the start-up size check and the scrubber repair. It halves the time to replicate.
@@ -164,7 +170,9 @@ class Replicator(Component):
         self._failing: dict[str, float] = {}  # sha -> since when no holder could serve it
         self._committing: set[tuple[str, str]] = set()
         self._refetch: set[str] = set()  # dropped as corrupt: relink releases once fetched again
-        self._seen: tuple[int, dict[str, dict]] = (-1, {})
+        self._seen = -1  # position in the log's change feed; -1: rescan everything
+        self.pending: dict[str, dict] = {}  # sha -> its artifact record: files that need action here
+        self._dirty: set[str] = set()  # changed here, not (or not yet) in the log: look again
         self._sizes_checked = False
         self._next = self._now = 0.0
         self._next_gc: float | None = None  # the first collection waits GC_GRACE after start-up
@@ -192,6 +200,7 @@ class Replicator(Component):
             pass
         self._forget(sha256)
         self._refetch.add(sha256)
+        self._dirty.add(sha256)
         log.warning("stored file %s dropped (%s); fetching it again", sha256[:12], reason)
 
     def _forget(self, sha256: str) -> None:
@@ -214,35 +223,67 @@ class Replicator(Component):
         if now < self._next:
             return
         self._next, self._now = now + CHECK_PERIOD, now
-        if not self._sizes_checked:
+        wanted = self._follow()
+        if not self._sizes_checked and wanted is not None:
             self._sizes_checked = True
-            self._check_sizes()
+            self._check_sizes(wanted)
         if self._next_gc is None:
             self._next_gc = now + GC_GRACE
         elif now >= self._next_gc and self._caught_up():
             self._next_gc = now + GC_PERIOD
             self._collect()
-        for sha, info in self._wanted().items():
-            if sha in self.held or self._adopt(sha):
-                if self.me not in info["holders"]:
-                    self._commit("hold", sha)
-            elif sha not in self._fetching:
-                self._want(sha, info, now)
+        for sha, info in list(self.pending.items()):
+            self._act(sha, info, now)
 
     # --- deciding --------------------------------------------------------------------------
-    def _wanted(self) -> dict[str, dict]:
-        version = self.node.election.read(lambda q: q.files_version)
-        if version != self._seen[0]:
-            wanted = self.node.election.read(lambda q: q.artifacts())
-            self._seen = (version, wanted)
+    def _follow(self) -> dict[str, dict] | None:
+        """Bring `pending` up to date from the change feed (and local changes); returns every
+        wanted file when it had to rescan them all."""
+        dirty, self._dirty = self._dirty, set()
+        self._seen, changed, records = self.node.election.read(lambda q: self._changes(q, dirty))
+        if changed is None:
+            self.pending = {sha: info for sha, info in records.items() if self._needs(sha, info)}
             for table in (self._retry, self._failing):
-                for sha in [s for s in table if s not in wanted]:
+                for sha in [s for s in table if s not in records]:
                     del table[sha]
-        return self._seen[1]
+            return records
+        for sha, info in records.items():
+            self._update(sha, info)
+        return None
 
-    def _check_sizes(self) -> None:
+    def _changes(self, q: Any, dirty: set[str]) -> tuple[int, list[str] | None, dict[str, Any]]:
+        """Under the queue's lock: the feed's position and the records of what changed."""
+        seen, changed = q.changed_files(self._seen)
+        if changed is None:
+            return seen, None, q.artifacts()
+        return seen, changed, {sha: q.artifact(sha) for sha in (*changed, *dirty)}
+
+    def _update(self, sha: str, info: dict | None) -> None:
+        if info is None:  # no longer wanted anywhere
+            self.pending.pop(sha, None)
+            self._retry.pop(sha, None)
+            self._failing.pop(sha, None)
+        elif self._needs(sha, info):
+            self.pending[sha] = info
+        else:
+            self.pending.pop(sha, None)
+
+    def _needs(self, sha: str, info: dict) -> bool:
+        """Not stored here (or not adopted yet), or the log does not list us as its holder."""
+        return sha not in self.held or self.me not in info["holders"]
+
+    def _act(self, sha: str, info: dict, now: float) -> None:
+        if sha in self.held or (sha not in self._fetching and self._adopt(sha)):
+            if self.me in info["holders"]:
+                self.pending.pop(sha, None)  # stored and listed: done
+            else:
+                self._commit("hold", sha)  # stays pending until the log lists us
+        elif sha not in self._fetching:
+            self._want(sha, info, now)
+
+    def _check_sizes(self, wanted: dict[str, dict]) -> None:
         """Once, at start-up: a copy cut short (a power loss after a fetch) is fetched again."""
-        for sha, info in self._wanted().items():
+        for sha, info in wanted.items():
             if sha in self.held and isinstance(info.get("size"), int):
                 try:
                     size = self.store.path(sha).stat().st_size
@@ -260,8 +301,9 @@ class Replicator(Component):
     def _collect(self) -> None:
         """Remove stored files nothing refers to any more (once they are GC_GRACE old)."""
         keep = self.node.config.keep_releases
-        kept = self.node.election.read(lambda q: {f["sha256"] for r in q.releases[-keep:] for f in r.files})
-        referenced = kept | set(self._wanted()) | set(self._fetching)
+        kept = self.node.election.read(
+            lambda q: {f["sha256"] for r in q.releases[-keep:] for f in r.files} | set(q.artifacts()))
+        referenced = kept | set(self._fetching)
         cutoff = time.time() - GC_GRACE
         for sha in sorted(scan_store(self.store.root) - referenced):
             path = self.store.path(sha)
@@ -306,6 +348,7 @@ class Replicator(Component):
 
     def _fetched(self, sha: str, info: dict, future: Future) -> None:
         del self._fetching[sha]
+        self._dirty.add(sha)  # look at it again with the log's newest record
         self._next = 0.0  # a worker is free: start the next fetch now, not at the next period
         try:
             source = future.result()

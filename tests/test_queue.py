@@ -10,6 +10,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from swarmmesh import queue
 from swarmmesh.queue import DELEGATED, FAILED, NEEDED, RECEIVED, STATES, BuildQueue
 
 RESULT = {"sha256": "ab" * 32, "size": 4096, "path": "cat/pkg-1.0.gpkg.tar"}
@@ -447,6 +448,72 @@ def test_lose_requeues_the_package_and_blocks_its_dependants(q):
     assert q.holders("sha-a") == ["o1", "o2"]
 
 
+def receive_all(q: BuildQueue, *keys: str) -> None:
+    q.submit(f"b-{keys[0]}", "alice", items(*keys), None, 0.0)
+    for key in keys:
+        delegate(q, key)
+        q.complete(key, "d1", 1, result_for(key), 1.0)
+
+
+def test_change_feed_lists_each_changed_file_once_with_its_record(q):
+    start = q.files_version
+    receive_all(q, "a", "b")
+    q.hold("sha-a", "o2")
+    pos, changed = q.changed_files(start)
+    assert changed == ["sha-a", "sha-b"] and pos == q.files_version
+    assert q.changed_files(pos) == (pos, [])
+    q.hold("sha-a", "o2")  # a duplicate changes nothing
+    q.unhold("sha-b", "o1")
+    pos, changed = q.changed_files(pos)
+    assert changed == ["sha-b"]
+    assert {sha: q.artifact(sha) for sha in ("sha-a", "sha-b")} == q.artifacts()
+    assert q.artifact("sha-b") == {"key": "b", "size": 4096, "holders": []} and q.artifact("sha-x") is None
+    assert q.received("sha-a") == [q.received()[0]] and q.received("sha-x") == []
+    assert q.received()[0] == (1, {"key": "a", "cpv": "a", **{k: result_for("a")[k] for k in queue.FILE_FIELDS}})
+    q.lose("a", "sha-a", "gone", 2.0)
+    assert q.changed_files(pos)[1] == ["sha-a"] and q.artifact("sha-a") is None
+    assert [f["key"] for _, f in q.received()] == ["b"]
+
+
+def test_a_release_logs_only_the_files_it_alone_keeps_wanted(q):
+    receive_all(q, "a", "b")
+    pos = q.files_version
+    q.finalize("r1", 10.0, True)  # every file of it is wanted already: no change
+    assert q.changed_files(pos) == (pos, []) and q.newest_release_id() == "r1"
+    q.lose("a", "sha-a", "gone", 2.0)
+    pos = q.files_version
+    assert q.artifact("sha-a") == {"key": None, "size": 4096, "holders": ["o1"]}  # the release still needs it
+    q.submit("b2", "alice", items("c"), None, 3.0)
+    delegate(q, "c")
+    q.complete("c", "d1", 1, result_for("c"), 4.0)
+    q.finalize("r2", 11.0, True)  # b and c: a is wanted no more
+    assert q.changed_files(pos)[1] == ["sha-c", "sha-a"] and q.artifact("sha-a") is None
+    pos = q.files_version
+    q.rollback("r1", "r3", 12.0)
+    assert q.changed_files(pos)[1] == ["sha-a"] and q.artifact("sha-a")["key"] is None
+
+
+def test_change_feed_says_rescan_after_reset_restore_or_when_too_old(q, monkeypatch):
+    receive_all(q, "a")
+    before_reset = q.files_version
+    q.reset()
+    assert q.changed_files(before_reset)[1] is None
+    assert q.changed_files(q.files_version) == (q.files_version, [])
+    receive_all(q, "b")
+    behind, now = q.files_version - 1, q.files_version
+    copy = pickle.loads(pickle.dumps(q))
+    assert copy.changed_files(behind)[1] is None  # the restored feed starts empty
+    assert copy.changed_files(now) == (now, [])  # equal positions: nothing changed
+    assert copy.artifacts() == q.artifacts() and copy.artifact("sha-b") == q.artifact("sha-b")
+    assert q.changed_files(now + 1)[1] is None and q.changed_files(-1)[1] is None
+    monkeypatch.setattr(queue, "FEED_LIMIT", 2)
+    for _ in range(3):
+        q.hold("sha-b", "o2")
+        q.unhold("sha-b", "o2")
+    assert q.changed_files(now)[1] is None
+    assert q.changed_files(q.files_version - 2)[1] == ["sha-b"]
+
+
 # ------------------------------------------------------------- leaders
 
 
@@ -507,6 +574,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.q = BuildQueue()
         self.log: list[tuple[str, tuple]] = []
         self.now = 0.0
+        self.seen, self.files, self.received = -1, {}, {}  # what a follower of the change feed knows
 
     def apply(self, name: str, *args: object) -> dict:
         self.log.append((name, args))
@@ -682,6 +750,21 @@ class QueueMachine(RuleBasedStateMachine):
         for sha, info in self.q.artifacts().items():
             assert info["holders"] == self.q.holders(sha)
             assert len(set(info["holders"])) == len(info["holders"])
+
+    @invariant()
+    def following_the_change_feed_gives_what_a_rescan_gives(self):
+        self.seen, changed = self.q.changed_files(self.seen)
+        if changed is None:
+            self.files = self.q.artifacts()
+            self.received = {f["key"]: (seq, f) for seq, f in self.q.received()}
+        for sha in changed or ():
+            self.files.pop(sha, None)
+            self.received = {k: v for k, v in self.received.items() if v[1]["sha256"] != sha}
+            if (record := self.q.artifact(sha)) is not None:
+                self.files[sha] = record
+            self.received.update((f["key"], (seq, f)) for seq, f in self.q.received(sha))
+        assert self.files == self.q.artifacts()
+        assert sorted(self.received.values()) == self.q.received()
 
     @invariant()
     def pickling_and_replay_reach_the_same_state(self):

@@ -218,3 +218,119 @@ def test_auto_finalize_releases_a_completed_batch_once(component):
     step(node, comp, lambda: len(node.queue.releases) == 2, "a second batch to be released")
     assert [c[0] for c in node.commits].count("finalize") == 2
     assert node.queue.unreleased_batches() == []
+
+
+# --- the staging feed ------------------------------------------------------------------------
+
+def test_packages_is_a_header_plus_blocks_sorted_by_cpv(node):
+    infos = [store_gpkg(node, f"app-misc/p{i}-1.0", seed=i) for i in range(4)]
+    entries = [entry_for(node, info) for info in reversed(infos)]
+    entries[0]["CHOST"] = entries[1]["CHOST"] = "aarch64-unknown-linux-gnu"
+    entries.append({**entries[2], "PATH": "app-misc/p1/p1-1.0-2.gpkg.tar", "BUILD_ID": "2"})  # same CPV twice
+    for chosts in (["aarch64-unknown-linux-gnu"] * 3, [None] * 5):
+        for entry, chost in zip(entries, chosts, strict=False):
+            entry.pop("CHOST") if chost is None else entry.update(CHOST=chost)
+        chost = releases.common_chost(e.get("CHOST") for e in entries)
+        blocks = sorted(enumerate(entries), key=lambda ie: (ie[1]["CPV"], ie[0]))
+        joined = releases.packages_header(len(entries), chost, 77) + "".join(
+            releases.render_entry(e, chost) for _, e in blocks)
+        assert joined.encode() == releases.render_packages(entries, 77)
+
+
+def test_stager_renders_what_render_packages_writes_and_each_file_once(node, monkeypatch):
+    made = []
+    index_entry = releases.index_entry
+    monkeypatch.setattr(releases, "index_entry", lambda record, path: made.append(path) or index_entry(record, path))
+    entries, stager = node.releases.entries, releases.Stager(node.releases.entries)
+
+    def add(n: int, chost: str | None = None) -> None:
+        info = store_gpkg(node, f"app-misc/p{n}-1.0", seed=n)
+        receive(node, info)
+        record = entries.compute(info.sha256, node.receiver.store.path(info.sha256), logged(info))
+        if chost is not None:
+            record["metadata"]["CHOST"] = chost
+
+    def render_and_check(files: list[tuple[int, dict]]) -> releases.Feed:
+        feed = stager.render(files)
+        stamp = int(read_index(feed.packages).header["TIMESTAMP"])
+        expected = [index_entry(entries.get(f["sha256"]), f["path"]) for _, f in files]
+        assert feed.packages == releases.render_packages(expected, stamp)
+        assert feed.paths == {f["path"]: f["sha256"] for _, f in files}
+        return feed
+
+    for n in (2, 0, 1):
+        add(n)
+    render_and_check(node.queue.received()[:2])
+    render_and_check(node.queue.received())
+    assert len(made) == 3  # the second render made an entry for the new file only
+    for n in (3, 4, 5):  # as many packages for another CHOST: the header's changes, every block with it
+        add(n, "aarch64-unknown-linux-gnu")
+    feed = render_and_check(node.queue.received())
+    assert read_index(feed.packages).header["CHOST"] == "aarch64-unknown-linux-gnu" and len(made) == 9
+    render_and_check(node.queue.received())
+    assert len(made) == 9
+
+
+def at(node: FakeNode, comp: Releases, now: float) -> None:
+    """One tick at `now`, and whatever job it started run to the end."""
+    comp.tick(now)
+    if comp._job is not None:
+        comp._job.result()
+    node.run_posted()
+
+
+def settle(node: FakeNode, comp: Releases, now: float, until, what: str) -> float:
+    """Tick every 0.2 s from `now` (no resync is due in between) until `until()`; the time reached."""
+    for _ in range(20):
+        at(node, comp, now)
+        now += 0.2
+        if until():
+            return now
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_staging_follows_holds_losses_and_resets_without_rereading_everything(component, monkeypatch):
+    node, comp = component
+    reads = []
+    received = node.queue.received
+    monkeypatch.setattr(node.queue, "received", lambda sha=None: reads.append(sha) or received(sha))
+    a, b = (store_gpkg(node, f"app-misc/{n}-1.0") for n in ("a", "b"))
+    receive(node, a)
+    now = settle(node, comp, 100.0, lambda: comp.staging.paths, "the staging feed")
+    assert reads == [None]  # one full read, at start-up
+    feed = comp.staging
+    node.queue.hold(a.sha256, "o2")
+    receive(node, b)
+    now = settle(node, comp, now, lambda: len(comp.staging.paths) == 2, "b in the staging feed")
+    assert None not in reads[1:] and comp.staging is not feed
+    feed = comp.staging
+    node.queue.hold(b.sha256, "o2")
+    at(node, comp, now)
+    assert reads[-1] == b.sha256 and comp._job is None and comp.staging is feed  # same list: no render
+    at(node, comp, now + releases.RESYNC)
+    assert reads[-1] is None and comp._job is None and comp.staging is feed  # a resync finds nothing new
+    node.queue.lose(a.cpv, a.sha256, "gone", 2.0)
+    now = settle(node, comp, now + releases.RESYNC, lambda: list(comp.staging.paths.values()) == [b.sha256],
+                 "a to leave the feed")
+    node.queue.reset()
+    settle(node, comp, now, lambda: comp.staging.paths == {}, "an empty feed after a reset")
+    assert read_index(comp.staging.packages).header["PACKAGES"] == "0"
+
+
+def test_staging_renders_are_spaced_by_what_the_last_one_cost(component):
+    node, comp = component
+    infos = [store_gpkg(node, f"app-misc/{n}-1.0") for n in ("a", "b", "c")]
+    receive(node, infos[0])
+    at(node, comp, 100.0)  # index a
+    at(node, comp, 100.2)  # stage a
+    assert list(comp.staging.paths.values()) == [infos[0].sha256]
+    comp._stage_cost = 0.5  # as if that render had taken half a second
+    receive(node, infos[1])
+    at(node, comp, 100.4)  # index b
+    at(node, comp, 100.6)  # stage b: the next render waits 10 x 0.5 s
+    receive(node, infos[2])
+    for now in (100.8, 101.0, 105.5):  # index c, then wait
+        at(node, comp, now)
+    assert infos[2].sha256 not in comp.staging.paths.values()
+    at(node, comp, 105.7)
+    assert infos[2].sha256 in comp.staging.paths.values()

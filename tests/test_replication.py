@@ -205,3 +205,51 @@ def test_files_nothing_refers_to_are_removed_once_old_enough(make_replicator):
     store = node.receiver.store
     assert (store.has(used.sha256), store.has(old.sha256), store.has(young.sha256)) == (True, False, True)
     assert ("unhold", old.sha256, "o1") in node.commits and not rep.has(old.sha256)
+
+
+def test_a_tick_looks_only_at_what_changed_and_rescans_after_a_reset(make_replicator, monkeypatch):
+    node, rep = make_replicator("o1", (addr("o1", 1),), leader=True)
+    rescans, stats = [], []
+    artifacts, has = node.queue.artifacts, node.receiver.store.has
+    monkeypatch.setattr(node.queue, "artifacts", lambda: rescans.append(1) or artifacts())
+    monkeypatch.setattr(node.receiver.store, "has", lambda sha: stats.append(sha) or has(sha))
+    old = [store_gpkg(node, f"app-misc/{n}-1.0") for n in ("a", "b")]
+    for info in old:
+        receive(node, info, holders=())
+    for step in range(2):  # adopt and commit `hold`, then see it applied
+        rep.tick(time.monotonic() + step)
+        node.run_posted()
+    assert len(rescans) == 1 and rep.pending == {} and [node.queue.holders(i.sha256) for i in old] == [["o1"]] * 2
+    stats.clear()
+    new = store_gpkg(node, "app-misc/c-1.0")
+    receive(node, new, holders=())
+    for step in range(2, 5):
+        rep.tick(time.monotonic() + step)
+        node.run_posted()
+    assert len(rescans) == 1 and stats == [new.sha256]  # one stat, for the new file only
+    assert node.queue.holders(new.sha256) == ["o1"] and rep.pending == {}
+    node.queue.finalize("r1", 10.0, True)
+    node.queue.reset()  # the release keeps its files wanted
+    rep.tick(time.monotonic() + 10)
+    node.run_posted()
+    assert len(rescans) == 2 and rep.pending == {} and not any(c[0] == "unhold" for c in node.commits)
+
+
+def test_pending_follows_holders_in_the_log(holder, make_replicator):
+    src, host = holder
+    info = store_gpkg(src, "app-misc/a-1.0")
+    node, rep = make_replicator("o2", (addr("o1", host.port), addr("o2", 1)))
+    receive(node, info, holders=("o1", "o2"))  # the log says o2 has it; it does not
+    rep.tick(time.monotonic())
+    assert set(rep.pending) == {info.sha256} and ("unhold", info.sha256, "o2") in node.commits
+
+    def settled() -> bool:
+        rep.tick(time.monotonic() + 10)
+        node.run_posted()
+        return rep.pending == {}
+
+    wait_until(settled, 10, what="the fetch and its hold")
+    assert rep.has(info.sha256) and node.queue.holders(info.sha256) == ["o1", "o2"]
+    node.queue.unhold(info.sha256, "o2")  # e.g. a late commit of an older unhold
+    rep.tick(time.monotonic() + 20)
+    assert ("hold", info.sha256, "o2") in node.commits[-1:]
