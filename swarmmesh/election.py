@@ -26,6 +26,8 @@ from swarmmesh.queue import BuildQueue
 
 log = logging.getLogger(__name__)
 
+_LEADER = 2  # pysyncobj's _RAFT_STATE.LEADER
+
 #: callback(result, error_text); error_text is None on success.
 Done = Callable[[Any, "str | None"], None]
 
@@ -59,8 +61,18 @@ class QueueState(SyncObjConsumer):
 
     def _apply(self, name: str, *args: Any) -> Any:
         with self.lock:
+            if name == "note_leader" and self._stale_claim(args[0]):
+                return {"ok": False, "code": "stale_claim", "term": args[0]}
             self._changes += 1
             return getattr(self.queue, name)(*args)
+
+    def _stale_claim(self, term: int) -> bool:
+        """A claim to lead term T counts only if the leader of T appended it, i.e. its log entry
+        is of term T. A claim queued by a leader that stepped down before appending it is
+        forwarded by PySyncObj to the next leader and lands in a later term: that one is stale,
+        not a second leader. Every node applies the same entry, so all decide alike."""
+        entry = _entry_term(getattr(self, "_syncObj", None))
+        return entry is not None and entry != term
 
     def fingerprint(self) -> str:
         """The queue's fingerprint, hashed again only after a change: `status` asks for it on
@@ -154,6 +166,16 @@ class QueueState(SyncObjConsumer):
         return self._apply(name, *args)
 
 
+def _entry_term(raft: Any) -> int | None:
+    """The term of the log entry PySyncObj is applying (entry lastApplied + 1, on its thread);
+    None if this PySyncObj does not expose it (then claims are taken as they come)."""
+    try:
+        index = raft._SyncObj__raftLastApplied + 1
+        return int(raft._SyncObj__getEntries(index, 1)[0][2])
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+
+
 #: The queue commands a batch (`update`) may carry.
 COMMANDS = frozenset(
     name for name, fn in vars(QueueState).items()
@@ -161,7 +183,7 @@ COMMANDS = frozenset(
 )
 
 
-def raft_conf(config: NodeConfig) -> SyncObjConf:
+def raft_conf(config: NodeConfig, on_state: Callable[[int, int], None] | None = None) -> SyncObjConf:
     """PySyncObj settings from the node config: fast failover, persistence, encryption."""
     if len(config.secret) < MIN_SECRET_LENGTH:
         raise ConfigError(
@@ -189,6 +211,7 @@ def raft_conf(config: NodeConfig) -> SyncObjConf:
         logCompactionMinEntries=20_000,
         logCompactionMinTime=60,
         bindAddress=f"{config.me().host}:{config.me().raft_port}",
+        onStateChanged=on_state,
     )
 
 
@@ -200,7 +223,15 @@ class Election:
         self.state = QueueState()
         self._names = {o.raft_address: o.name for o in config.orchestrators}
         peers = [p.raft_address for p in config.peers()]
-        self._raft = SyncObj(config.me().raft_address, peers, raft_conf(config), consumers=[self.state])
+        self._won: int | None = None  # the term this node last became leader in (set on the Raft thread)
+        self._raft = SyncObj(config.me().raft_address, peers, raft_conf(config, self._on_state),
+                             consumers=[self.state])
+
+    def _on_state(self, old: int, new: int) -> None:
+        """Raft thread: the term is read where it cannot change under us. Read from another
+        thread, a leader stepping down shows the new term with the old role for a moment, and
+        a claim made then would name this node leader of a term another node leads."""
+        self._won = self._raft.raftCurrentTerm if new == _LEADER else None
 
     def close(self) -> None:
         self._raft.destroy()
@@ -247,12 +278,17 @@ class Election:
     def raft_is_leader(self) -> bool:
         return self._raft._isLeader()
 
+    def won_term(self) -> int | None:
+        """The term this node won and still leads in Raft's eyes, else None: what it may claim."""
+        won = self._won
+        if won is None or not self._raft._isLeader() or self._raft.raftCurrentTerm != won:
+            return None
+        return won
+
     def is_leader(self) -> bool:
         """Leader in Raft's eyes and our own claim for this term is applied."""
-        if not self._raft._isLeader():
-            return False
-        term = self.term
-        return self.read(lambda q: q.leader_of(term)) == self.name
+        term = self.won_term()
+        return term is not None and self.read(lambda q: q.leader_of(term)) == self.name
 
     def leader_name(self) -> str | None:
         leader = self._raft._getLeader()

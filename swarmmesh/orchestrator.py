@@ -177,8 +177,8 @@ class Orchestrator:
             comp.tick(now)
 
     def _check_leadership(self) -> None:
-        term = self.election.term
-        if not self.election.raft_is_leader():
+        term = self.election.won_term()
+        if term is None:
             self._set_leading(None)
             return
         if self.election.is_leader():

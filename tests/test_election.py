@@ -119,3 +119,16 @@ def test_a_batch_naming_a_non_command_is_refused_per_entry(members):
                         ("reset", (), lambda r, e: (got.append(r), done.set()))])
     assert done.wait(10)
     assert got[0] == {"ok": False, "code": "unknown_command"} and got[1]["ok"]
+
+
+def test_a_claim_landing_in_a_later_term_is_stale_not_a_second_leader(members):
+    leader = wait_until(lambda: _leader(members), 15, what="a Raft leader")
+    wait_until(lambda: leader.won_term() == leader.term, 5, what="the won term to be known")
+    assert all(m.won_term() is None for m in members if m is not leader)
+    got = []
+    done = threading.Event()
+    old = leader.term - 1  # as if queued in an earlier term and forwarded to this leader
+    leader.commit("note_leader", old, "orch-x", done=lambda r, e: (got.append(r), done.set()))
+    assert done.wait(10)
+    assert got == [{"ok": False, "code": "stale_claim", "term": old}]
+    assert all(m.read(lambda q: (q.leader_of(old), q.violations)) == (None, []) for m in members)
