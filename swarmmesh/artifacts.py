@@ -14,9 +14,12 @@ import functools
 import hashlib
 import logging
 import os
+import queue
 import re
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +47,8 @@ FINISH_WORKERS = 4
 #: Up to this many uploads awaiting validation, an arrived trailer frees the drone's build slot
 #: at once (the build is over); beyond it, slots free only as commits land (backpressure).
 EARLY_SETTLE_BACKLOG = 32
+#: Chunks (1 MiB each) queued for the writer thread before the loop stops reading the socket.
+WRITE_BACKLOG = 32
 
 
 class Store:
@@ -125,14 +130,33 @@ class Receiver(Component):
         self.uploads: dict[str, Upload] = {}
         self._pool = ThreadPoolExecutor(FINISH_WORKERS, thread_name_prefix="receive")
         self._validating = 0
+        self._writer = _Writer(WRITE_BACKLOG, resume=lambda: node.post(self._resume))
+        self._poller: zmq.Poller | None = None
+        self._paused = False
 
     # --- component protocol --------------------------------------------------------------
     def register(self, poller: zmq.Poller) -> None:
+        self._poller = poller
         poller.register(self.pull, zmq.POLLIN)
 
     def on_poll(self, ready: dict) -> None:
         if self.pull in ready:
-            transport.drain(self.pull, self._frame, 256, multipart=False)
+            transport.drain(self.pull, self._frame, max(1, min(256, self._writer.room())), multipart=False)
+            if self._writer.room() <= 0:
+                self._pause()
+
+    def _pause(self) -> None:
+        """The disk is behind: stop reading the socket (ZeroMQ's HWM then holds the drones back)
+        instead of blocking the loop in write(), which would starve heartbeats and commits."""
+        if not self._paused and self._poller is not None:
+            self._paused = True
+            self._poller.unregister(self.pull)
+            self._writer.want_resume()
+
+    def _resume(self) -> None:
+        if self._paused and self._poller is not None:
+            self._paused = False
+            self._poller.register(self.pull, zmq.POLLIN)
 
     def on_leadership(self, term: int | None) -> None:
         if term is None:
@@ -143,10 +167,11 @@ class Receiver(Component):
             if now - up.last_activity > UPLOAD_IDLE_TIMEOUT:
                 log.warning("upload %s idle for %.0fs: discarded", upload_id, now - up.last_activity)
                 del self.uploads[upload_id]
-                up.discard()
+                self._writer.put(up.discard)
 
     def close(self) -> None:
         self._drop_all("shutting down")
+        self._writer.close()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self.pull.close(0)
 
@@ -173,25 +198,27 @@ class Receiver(Component):
                 return  # the start of this upload was lost; the trailer will be rejected
             path, fh = self.store.temp_file()
             up = self.uploads[chunk.upload] = Upload(path, fh, b"")
-        up.add(chunk)
+        up.last_activity = time.monotonic()
+        self._writer.put(functools.partial(up.add, chunk))
 
     def _trailer(self, tr: protocol.Trailer) -> None:
         identity = tr.drone.encode()
         up = self.uploads.pop(tr.upload, None)
         if not self.node.is_leader():
             if up:
-                up.discard()
+                self._writer.put(up.discard)
             return
         pkg = self.node.election.read(lambda q: q.get(tr.key))
         if pkg is None or pkg.drone != tr.drone:
             if up:
-                up.discard()
+                self._writer.put(up.discard)
             reason = "not in the queue" if pkg is None else f"not delegated to {tr.drone}"
             log.warning("upload of %s from %s rejected: %s", tr.key, tr.drone, reason)
             self.node.send(identity, protocol.Rejected(key=tr.key, reason=reason, retry=False))
             return
         self._validating += 1
-        self._pool.submit(self._validate, identity, up, tr, pkg.cpv)
+        # through the writer: validation starts once every chunk before the trailer is written
+        self._writer.put(functools.partial(self._pool.submit, self._validate, identity, up, tr, pkg.cpv))
         if self._validating <= EARLY_SETTLE_BACKLOG:
             self.node.broker.settle(tr.drone, tr.key)
 
@@ -267,10 +294,53 @@ class Receiver(Component):
 
     def _drop_all(self, why: str) -> None:
         for up in self.uploads.values():
-            up.discard()
+            self._writer.put(up.discard)
         if self.uploads:
             log.info("dropped %d partial upload(s): %s", len(self.uploads), why)
         self.uploads.clear()
+
+
+class _Writer:
+    """One thread that writes upload chunks (and runs what must follow them) in arrival order,
+    so a slow disk holds back the drones through ZeroMQ's HWM, never the socket loop."""
+
+    def __init__(self, limit: int, resume: Callable[[], None]) -> None:
+        self._queue: queue.Queue[Callable[[], Any] | None] = queue.Queue()
+        self._limit = limit
+        self._resume = resume
+        self._wants_resume = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="upload-writer", daemon=True)
+        self._thread.start()
+
+    def room(self) -> int:
+        return self._limit - self._queue.qsize()
+
+    def put(self, work: Callable[[], Any]) -> None:
+        self._queue.put(work)
+
+    def want_resume(self) -> None:
+        """Call `resume` (once) when the backlog is down to half."""
+        self._wants_resume.set()
+        if self.room() >= self._limit // 2:
+            self._resumed()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        while (work := self._queue.get()) is not None:
+            try:
+                work()
+            except Exception:  # a bug must not stop every later upload
+                log.exception("upload writer: %r failed", work)
+            if self._wants_resume.is_set() and self.room() >= self._limit // 2:
+                self._resumed()
+
+    def _resumed(self) -> None:
+        if self._wants_resume.is_set():
+            self._wants_resume.clear()
+            self._resume()
 
 
 class TransferError(ArtifactError):
