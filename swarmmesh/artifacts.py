@@ -48,7 +48,7 @@ FINISH_WORKERS = 4
 #: at once (the build is over); beyond it, slots free only as commits land (backpressure).
 EARLY_SETTLE_BACKLOG = 32
 #: Chunks (1 MiB each) queued for the writer thread before the loop stops reading the socket.
-WRITE_BACKLOG = 32
+WRITE_BACKLOG = 8
 
 
 class Store:
