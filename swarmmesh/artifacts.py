@@ -73,12 +73,14 @@ class Store:
         path = self.tmp / f"{uuid.uuid4().hex}.part"
         return path, open(path, "xb")  # noqa: SIM115 - closed by the Upload that owns it
 
-    def put(self, tmp: Path, sha256: str) -> Path:
-        """Move a verified temp file into place (atomic rename, directory fsynced)."""
+    def put(self, tmp: Path, sha256: str, *, sync_dir: bool = True) -> Path:
+        """Move a verified temp file into place (atomic rename; the directory fsynced unless the
+        caller can lose the file to a power loss and fetch it again)."""
         dest = self.path(sha256)
         dest.parent.mkdir(exist_ok=True)
         os.replace(tmp, dest)
-        fsync_dir(dest.parent)
+        if sync_dir:
+            fsync_dir(dest.parent)
         return dest
 
 

@@ -29,6 +29,7 @@ from aiohttp import web
 from swarmmesh import releases
 from swarmmesh.component import Component
 from swarmmesh.errors import ConfigError
+from swarmmesh.fetch import BUNDLE_FILE_MAX, BUNDLE_FILES
 
 if TYPE_CHECKING:
     from swarmmesh.orchestrator import Orchestrator
@@ -40,11 +41,9 @@ _PART = r"[A-Za-z0-9+_][A-Za-z0-9+_.-]{0,127}"
 _PACKAGE_PATH = re.compile(rf"{_PART}/{_PART}/{_PART}\.(?:gpkg\.tar|xpak|tbz2)\Z")
 _SHA256 = re.compile(r"[0-9a-f]{64}\Z")
 _INDEXES = ("Packages", "Packages.gz")
-#: A bundle carries at most this many files, each at most BUNDLE_FILE_MAX bytes, in total at
-#: most BUNDLE_MAX_BYTES: a follower catching up on thousands of small packages pays one
-#: request per bundle instead of one per file, and memory stays bounded.
-BUNDLE_MAX_FILES = 256
-BUNDLE_FILE_MAX = 1 << 20
+#: A bundle carries at most BUNDLE_FILES files (fetch.py), each at most BUNDLE_FILE_MAX bytes,
+#: in total at most BUNDLE_MAX_BYTES: a follower catching up on thousands of small packages
+#: pays one request per bundle instead of one per file, and memory stays bounded.
 BUNDLE_MAX_BYTES = 16 << 20
 
 
@@ -116,8 +115,8 @@ class Site:
         """`<sha256> <size>\\n<bytes>` per requested file, in order; size -1 for a file this node
         lacks, or one too big to bundle (fetch that one with GET)."""
         shas = (await request.text()).split()
-        if not 0 < len(shas) <= BUNDLE_MAX_FILES or not all(_SHA256.match(s) for s in shas):
-            return web.Response(status=400, text=f"send 1 to {BUNDLE_MAX_FILES} sha256 names, one per line\n")
+        if not 0 < len(shas) <= BUNDLE_FILES or not all(_SHA256.match(s) for s in shas):
+            return web.Response(status=400, text=f"send 1 to {BUNDLE_FILES} sha256 names, one per line\n")
         parts = await asyncio.get_running_loop().run_in_executor(None, self._read_bundle, shas)
         resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         await resp.prepare(request)

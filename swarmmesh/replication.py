@@ -29,7 +29,6 @@ what the start-up size check and the scrubber repair. It halves the time to repl
 from __future__ import annotations
 
 import hashlib
-import http.client
 import logging
 import os
 import re
@@ -37,12 +36,11 @@ import threading
 import time
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from swarmmesh.component import Component
-from swarmmesh.errors import ArtifactError
+from swarmmesh.fetch import BUNDLE_FILES, FetchError, Source, fetch, fetch_bundle, small
 
 if TYPE_CHECKING:
     from swarmmesh.artifacts import Store
@@ -52,7 +50,6 @@ log = logging.getLogger(__name__)
 
 CHECK_PERIOD = 0.1
 FETCH_WORKERS = 3
-FETCH_TIMEOUT = 10.0
 CHUNK = 1 << 20
 LOST_GRACE = 10.0  # from the first failed fetch: outlasts a paused or briefly cut-off holder
 RETRY_MIN, RETRY_MAX = 0.25, 2.0
@@ -63,15 +60,12 @@ SCRUB_PASS = 5.0  # seconds between the starts of two passes over the store
 _SHA256 = re.compile(r"[0-9a-f]{64}\Z")
 
 
-class FetchError(ArtifactError):
-    """No holder could supply a file; the message lists why, per holder."""
-
-
-@dataclass(frozen=True)
-class Source:
-    name: str
-    host: str
-    port: int
+def _outcome(future: Future) -> Any:
+    """A fetch's result, or the exception it raised (any failure means "try again later")."""
+    try:
+        return future.result()
+    except Exception as exc:  # noqa: BLE001
+        return exc
 
 
 def scan_store(root: Path) -> set[str]:
@@ -81,59 +75,6 @@ def scan_store(root: Path) -> set[str]:
         if len(sub.name) == 2 and sub.is_dir():
             held.update(f.name for f in sub.iterdir() if _SHA256.match(f.name) and f.name[:2] == sub.name)
     return held
-
-
-def fetch(store: Store, sha256: str, size: int | None, sources: list[Source],
-          stop: threading.Event | None = None) -> str:
-    """Fetch one file from the first source that delivers it intact; returns that source's name."""
-    problems = []
-    for src in sources:
-        try:
-            fetch_from(store, sha256, size, src.host, src.port, stop=stop)
-            return src.name
-        except (OSError, http.client.HTTPException, ArtifactError) as exc:
-            problems.append(f"{src.name}: {exc}")
-    raise FetchError("; ".join(problems) or "no orchestrator is listed as holding it")
-
-
-def fetch_from(store: Store, sha256: str, size: int | None, host: str, port: int, *,
-               stop: threading.Event | None = None) -> None:
-    """Stream `GET /store/<sha256>` into a temp file, check size and sha256, then rename."""
-    conn = http.client.HTTPConnection(host, port, timeout=FETCH_TIMEOUT)
-    try:
-        conn.request("GET", f"/store/{sha256}")
-        resp = conn.getresponse()
-        if resp.status != 200:
-            raise ArtifactError(f"HTTP {resp.status}")
-        tmp, fh = store.temp_file()
-        try:
-            with fh:
-                digest, got = _copy(resp, fh, size, stop)
-            if size is not None and got != size:
-                raise ArtifactError(f"got {got} bytes, the log says {size}")
-            if digest != sha256:
-                raise ArtifactError(f"sha256 mismatch (got {digest[:12]}): its copy is corrupt")
-            store.put(tmp, sha256)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    finally:
-        conn.close()
-
-
-def _copy(resp: http.client.HTTPResponse, fh: Any, size: int | None,
-          stop: threading.Event | None) -> tuple[str, int]:
-    digest, got = hashlib.sha256(), 0
-    buf = memoryview(bytearray(CHUNK))
-    while n := resp.readinto(buf):
-        if stop is not None and stop.is_set():
-            raise FetchError("shutting down")
-        got += n
-        if size is not None and got > size:
-            raise ArtifactError(f"more than the {size} bytes the log records")
-        digest.update(buf[:n])
-        fh.write(buf[:n])
-    return digest.hexdigest(), got
 
 
 def verify(path: Path, sha256: str, rate: float, stop: threading.Event) -> tuple[int, bool] | None:
@@ -166,6 +107,7 @@ class Replicator(Component):
         self._addrs = {o.name: o for o in node.config.orchestrators}
         self._pool = ThreadPoolExecutor(FETCH_WORKERS, thread_name_prefix=f"fetch-{node.name}")
         self._fetching: dict[str, Future] = {}
+        self._bundles: dict[Source, list[tuple[str, dict]]] = {}  # small files to ask each holder for
         self._retry: dict[str, tuple[int, float]] = {}  # sha -> (failures, next attempt)
         self._failing: dict[str, float] = {}  # sha -> since when no holder could serve it
         self._committing: set[tuple[str, str]] = set()
@@ -234,6 +176,7 @@ class Replicator(Component):
             self._collect()
         for sha, info in list(self.pending.items()):
             self._act(sha, info, now)
+        self._send_bundles()
 
     # --- deciding --------------------------------------------------------------------------
     def _follow(self) -> dict[str, dict] | None:
@@ -334,9 +277,30 @@ class Replicator(Component):
                 return
         if now < self._retry.get(sha, (0, 0.0))[1]:
             return
+        if sha not in self._retry and small(info.get("size")):
+            self._bundles.setdefault(sources[0], []).append((sha, info))  # sent at the end of the tick
+            return
         future = self._pool.submit(fetch, self.store, sha, info.get("size"), sources, self._stop)
         self._fetching[sha] = future
-        future.add_done_callback(lambda f: self.node.post(lambda: self._fetched(sha, info, f)))
+        future.add_done_callback(lambda f: self.node.post(lambda: self._fetched(sha, info, _outcome(f))))
+
+    def _send_bundles(self) -> None:
+        """Small files wanted from the same holder leave as one request per BUNDLE_FILES."""
+        bundles, self._bundles = self._bundles, {}
+        for src, items in bundles.items():
+            for start in range(0, len(items), BUNDLE_FILES):
+                part = items[start:start + BUNDLE_FILES]
+                files = [(sha, info["size"]) for sha, info in part]
+                future = self._pool.submit(fetch_bundle, self.store, files, src, self._stop)
+                for sha, _info in part:
+                    self._fetching[sha] = future
+                future.add_done_callback(lambda f, part=part: self.node.post(lambda: self._bundle_done(part, f)))
+
+    def _bundle_done(self, part: list[tuple[str, dict]], future: Future) -> None:
+        outcomes = _outcome(future)
+        for sha, info in part:
+            self._fetched(sha, info, outcomes.get(sha, FetchError("missing from the bundle"))
+                          if isinstance(outcomes, dict) else outcomes)
 
     def _sources(self, sha: str, holders: list[str]) -> list[Source]:
         """Holders other than us that the config knows, rotated so followers spread the load."""
@@ -346,19 +310,19 @@ class Replicator(Component):
         turn = zlib.crc32(f"{self.me}:{sha}".encode()) % len(known)
         return [Source(a.name, a.host, a.binhost_port) for a in known[turn:] + known[:turn]]
 
-    def _fetched(self, sha: str, info: dict, future: Future) -> None:
+    def _fetched(self, sha: str, info: dict, outcome: str | Exception) -> None:
+        """`outcome`: the source's name, or why the fetch failed."""
         del self._fetching[sha]
         self._dirty.add(sha)  # look at it again with the log's newest record
         self._next = 0.0  # a worker is free: start the next fetch now, not at the next period
-        try:
-            source = future.result()
-        except Exception as exc:  # noqa: BLE001 - any failure means "try again later"
+        if isinstance(outcome, Exception):
             failures = self._retry.get(sha, (0, 0.0))[0] + 1
             self._retry[sha] = (failures, self._now + min(RETRY_MAX, RETRY_MIN * 2 ** (failures - 1)))
             self._failing.setdefault(sha, self._now)
             log.log(logging.WARNING if failures == 1 else logging.DEBUG, "cannot fetch %s (%s) yet: %s",
-                    sha[:12], info.get("key") or "release file", exc)
+                    sha[:12], info.get("key") or "release file", outcome)
             return
+        source = outcome
         self._retry.pop(sha, None)
         self._failing.pop(sha, None)
         with self._lock:

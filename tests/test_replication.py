@@ -12,9 +12,8 @@ import pytest
 from swarmmesh import replication
 from swarmmesh.binhost import Binhost
 from swarmmesh.config import OrchestratorAddr
-from swarmmesh.errors import ArtifactError
 from swarmmesh.queue import NEEDED
-from swarmmesh.replication import Replicator, Source, fetch, fetch_from, scan_store, verify
+from swarmmesh.replication import Replicator, scan_store, verify
 from tests.conftest import free_port, wait_until
 from tests.test_binhost import FakeNode, receive, store_gpkg
 
@@ -55,36 +54,6 @@ def test_scan_store_finds_only_content_addressed_files(holder):
     (node.receiver.store.root / "zz" / ("f" * 64)).write_text("misplaced")
     (node.receiver.store.tmp / "x.part").write_text("partial")
     assert scan_store(node.receiver.store.root) == {info.sha256}
-
-
-def test_fetch_from_checks_sha256_and_size_and_leaves_no_temp_file(holder, tmp_path):
-    src, host = holder
-    info = store_gpkg(src, "app-misc/a-1.0")
-    dest = FakeNode("o2", tmp_path / "o2").receiver.store
-    fetch_from(dest, info.sha256, info.size, "127.0.0.1", host.port)
-    assert hashlib.sha256(dest.path(info.sha256).read_bytes()).hexdigest() == info.sha256
-    with pytest.raises(ArtifactError, match="HTTP 404"):
-        fetch_from(dest, "1" * 64, None, "127.0.0.1", host.port)
-    with pytest.raises(ArtifactError, match="more than"):
-        fetch_from(FakeNode("o3", tmp_path / "o3").receiver.store, info.sha256, 10, "127.0.0.1", host.port)
-    path = src.receiver.store.path(info.sha256)
-    data = bytearray(path.read_bytes())
-    data[3000] ^= 0xFF
-    path.write_bytes(bytes(data))
-    other = FakeNode("o4", tmp_path / "o4").receiver.store
-    with pytest.raises(ArtifactError, match="sha256 mismatch"):
-        fetch_from(other, info.sha256, info.size, "127.0.0.1", host.port)
-    assert not other.has(info.sha256) and list(other.tmp.iterdir()) == []
-
-
-def test_fetch_tries_every_source_and_says_why_each_failed(holder, tmp_path):
-    src, host = holder
-    info = store_gpkg(src, "app-misc/a-1.0")
-    dest = FakeNode("o2", tmp_path / "o2").receiver.store
-    dead = Source("dead", "127.0.0.1", free_port())
-    assert fetch(dest, info.sha256, info.size, [dead, Source("o1", "127.0.0.1", host.port)]) == "o1"
-    with pytest.raises(replication.FetchError, match="dead: .*refused"):
-        fetch(dest, "3" * 64, None, [dead])
 
 
 def test_verify_reports_intact_corrupt_and_missing_files(tmp_path):
