@@ -256,6 +256,7 @@ class Receiver(Component):
             _check_transfer(up, tr)
             info = _inspect(up.path, tr, cpv)
             self.store.put(up.path, info.sha256)
+            self.node.releases.entries.record(info)  # parsed in full just now: no second read
             return info
         except BaseException:
             up.discard()

@@ -141,6 +141,7 @@ class Incoming(Component):
             info = gentoo.inspect_gpkg(staged)
             key, drone = self._package_for(info)
             store.put(staged, info.sha256)
+            self.node.releases.entries.record(info)  # parsed in full just now: no second read
             return key, drone, info
         except BaseException:
             staged.unlink(missing_ok=True)

@@ -14,10 +14,8 @@ served until this node holds every file of the new one.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import io
-import json
 import logging
 import os
 import re
@@ -36,6 +34,7 @@ from portage.getbinpkg import PackageIndex
 from swarmmesh import gentoo
 from swarmmesh.artifacts import fsync_dir
 from swarmmesh.component import Component
+from swarmmesh.entries import Entries
 from swarmmesh.errors import ArtifactError, InputError
 
 if TYPE_CHECKING:
@@ -75,57 +74,6 @@ def check_release_id(release_id: Any) -> str:
 
 
 # --- index entries -------------------------------------------------------------------------
-
-class Entries:
-    """What each stored GPKG says about itself, cached per sha256 (memory and JSON files), so
-    a file is read once per node however many releases include it."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._cache: dict[str, dict] = {}
-
-    def _file(self, sha256: str) -> Path:
-        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
-            raise ArtifactError(f"not a sha256 digest: {sha256!r}")
-        return self.root / f"{sha256}.json"
-
-    def get(self, sha256: str) -> dict | None:
-        record = self._cache.get(sha256)
-        if record is None:
-            with contextlib.suppress(OSError, ValueError):
-                record = self._cache[sha256] = json.loads(self._file(sha256).read_text())
-        return record
-
-    def compute(self, sha256: str, path: Path, logged: dict) -> dict:
-        """Index a stored file: its metadata, and the size and digests the log recorded for it
-        (the leader computed them from the same bytes); ArtifactError if it cannot be read."""
-        size = path.stat().st_size
-        if size != logged.get("size"):
-            raise CorruptError(sha256, f"stored file {sha256[:12]} has {size} bytes, not {logged.get('size')}")
-        meta = gentoo.read_gpkg_metadata(path)
-        build_id = meta.get("BUILD_ID", "")
-        record = {"cpv": f"{meta.get('CATEGORY')}/{meta.get('PF')}", "size": size, "sha256": sha256,
-                  "build_id": int(build_id) if build_id.isdigit() else None,
-                  "md5": logged.get("md5"), "sha1": logged.get("sha1"), "metadata": meta}
-        tmp = self._file(sha256).with_suffix(f".tmp-{uuid.uuid4().hex}")
-        tmp.write_text(json.dumps(record, sort_keys=True))
-        os.replace(tmp, self._file(sha256))
-        self._cache[sha256] = record
-        return record
-
-    def forget(self, sha256: str) -> None:
-        self._cache.pop(sha256, None)
-        self._file(sha256).unlink(missing_ok=True)
-
-
-class CorruptError(ArtifactError):
-    """A stored file no longer matches its sha256: it must be fetched again."""
-
-    def __init__(self, sha256: str, message: str) -> None:
-        self.sha256 = sha256
-        super().__init__(message)
-
 
 def index_entry(record: dict, path: str) -> dict[str, str]:
     """One Packages entry with Portage's internal key names (PackageIndex translates them).

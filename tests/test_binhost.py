@@ -19,6 +19,7 @@ from swarmmesh import binhost, gentoo, releases
 from swarmmesh.artifacts import Store
 from swarmmesh.binhost import Binhost
 from swarmmesh.config import OrchestratorAddr
+from swarmmesh.entries import Entries
 from swarmmesh.errors import ConfigError
 from swarmmesh.gateway import ClusterView, choose_binhost
 from swarmmesh.protocol import LeaderInfo, NodeInfo
@@ -38,7 +39,7 @@ class FakeNode:
         self.election = SimpleNamespace(read=self.read, indexes=lambda: (1, 1))
         self.receiver = SimpleNamespace(store=Store(data_dir / "store"))
         self.releases = SimpleNamespace(serving=None, staging=releases.Feed(), relinked=[],
-                                        entries=releases.Entries(data_dir / "entries"))
+                                        entries=Entries(data_dir / "entries"))
         self.releases.relink = self.releases.relinked.append
         self.leader = leader
         self.term = 1

@@ -15,7 +15,7 @@ from portage.getbinpkg import PackageIndex
 
 from swarmmesh import gentoo, releases
 from swarmmesh.errors import ArtifactError, InputError
-from swarmmesh.releases import CorruptError, Entries, Releases
+from swarmmesh.releases import Releases
 from tests.conftest import wait_until
 from tests.test_binhost import FakeNode, logged, receive, store_gpkg
 
@@ -54,23 +54,6 @@ def test_packages_is_portage_readable_and_a_pure_function_of_entries_and_stamp(n
     assert first["PATH"] == "app-misc/p0/p0-1.0-1.gpkg.tar" and first["repository"] == "gentoo"
     assert first["_mtime_"] == infos[0].metadata["BUILD_TIME"] and first["CHOST"] == "x86_64-pc-linux-gnu"
     assert b"\nSLOT:" not in data and b"\nCHOST:" not in data.partition(b"\n\n")[2]  # defaults left out
-
-
-def test_entries_read_only_metadata_are_cached_and_check_the_size(node, tmp_path):
-    info = store_gpkg(node, "app-misc/a-1.0", size=200_000)
-    path = node.receiver.store.path(info.sha256)
-    record = node.releases.entries.compute(info.sha256, path, logged(info))
-    assert (record["cpv"], record["build_id"], record["metadata"]) == (info.cpv, 1, info.metadata)
-    assert (record["size"], record["md5"], record["sha1"]) == (info.size, info.md5, info.sha1)
-    assert Entries(tmp_path / "o1" / "entries").get(info.sha256) == record
-    with pytest.raises(CorruptError, match="bytes, not 1"):
-        node.releases.entries.compute(info.sha256, path, {**logged(info), "size": 1})
-    junk = tmp_path / "junk"
-    junk.write_bytes(os.urandom(5000))
-    with pytest.raises(ArtifactError, match="not a readable GPKG"):
-        gentoo.read_gpkg_metadata(junk)
-    node.releases.entries.forget(info.sha256)
-    assert Entries(tmp_path / "o1" / "entries").get(info.sha256) is None
 
 
 def test_release_paths_are_recomputed_and_duplicates_left_out():
