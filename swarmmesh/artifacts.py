@@ -49,6 +49,8 @@ FINISH_WORKERS = 4
 EARLY_SETTLE_BACKLOG = 32
 #: Chunks (1 MiB each) queued for the writer thread before the loop stops reading the socket.
 WRITE_BACKLOG = 8
+#: A chunk this small is written on the loop when the writer has nothing queued.
+INLINE_WRITE = 64 << 10
 
 
 class Store:
@@ -201,7 +203,7 @@ class Receiver(Component):
             path, fh = self.store.temp_file()
             up = self.uploads[chunk.upload] = Upload(path, fh, b"")
         up.last_activity = time.monotonic()
-        self._writer.put(functools.partial(up.add, chunk))
+        self._writer.run(functools.partial(up.add, chunk), small=len(chunk.data) <= INLINE_WRITE)
 
     def _trailer(self, tr: protocol.Trailer) -> None:
         identity = tr.drone.encode()
@@ -219,8 +221,8 @@ class Receiver(Component):
             self.node.send(identity, protocol.Rejected(key=tr.key, reason=reason, retry=False))
             return
         self._validating += 1
-        # through the writer: validation starts once every chunk before the trailer is written
-        self._writer.put(functools.partial(self._pool.submit, self._validate, identity, up, tr, pkg.cpv))
+        # after the writer: validation starts once every chunk before the trailer is written
+        self._writer.run(functools.partial(self._pool.submit, self._validate, identity, up, tr, pkg.cpv), small=True)
         if self._validating <= EARLY_SETTLE_BACKLOG:
             self.node.broker.settle(tr.drone, tr.key)
 
@@ -321,6 +323,14 @@ class _Writer:
     def put(self, work: Callable[[], Any]) -> None:
         self._queue.put(work)
 
+    def run(self, work: Callable[[], Any], small: bool) -> None:
+        """Small work runs at once on the caller's thread when nothing is queued (order is kept,
+        and a 2 KiB package costs no thread hand-off); anything else is queued."""
+        if small and self._queue.unfinished_tasks == 0:
+            work()
+        else:
+            self._queue.put(work)
+
     def want_resume(self) -> None:
         """Call `resume` (once) when the backlog is down to half."""
         self._wants_resume.set()
@@ -337,6 +347,8 @@ class _Writer:
                 work()
             except Exception:  # a bug must not stop every later upload
                 log.exception("upload writer: %r failed", work)
+            finally:
+                self._queue.task_done()
             if self._wants_resume.is_set() and self.room() >= self._limit // 2:
                 self._resumed()
 

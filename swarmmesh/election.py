@@ -246,20 +246,25 @@ class Election:
 
         getattr(self.state, command)(*args, callback=callback)
 
-    def commit_many(self, commands: list[tuple[str, tuple, Done | None]]) -> None:
+    def commit_many(self, commands: list[tuple[str, tuple, Done | None]],
+                    landed: Callable[[], None] | None = None) -> None:
         """Replicate several commands as one log entry (see `QueueState.update`); each `done`
-        gets its own command's result, or the entry's error."""
-        if len(commands) == 1:
-            command, args, done = commands[0]
-            self.commit(command, *args, done=done)
-            return
+        gets its own command's result, or the entry's error; then `landed()` runs."""
 
         def callback(results: Any, err: int) -> None:
             error = None if err == FAIL_REASON.SUCCESS else _FAIL_TEXT.get(err, f"failed ({err})")
+            if len(commands) == 1:
+                results = [results]
             for i, (_command, _args, done) in enumerate(commands):
                 if done is not None:
                     done(results[i] if error is None else None, error)
+            if landed is not None:
+                landed()
 
+        if len(commands) == 1:
+            command, args, _done = commands[0]
+            getattr(self.state, command)(*args, callback=callback)
+            return
         self.state.update([(command, list(args)) for command, args, _done in commands], callback=callback)
 
     # --- reading -----------------------------------------------------------------------

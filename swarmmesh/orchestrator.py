@@ -28,6 +28,7 @@ TICK = 0.1
 EVENT_PERIOD = 0.5
 COMMIT_TIMEOUT = 10.0
 MAX_BATCH = 500  # commands per log entry: bounds one entry's size and apply time
+MAX_HOLD = 0.005  # seconds a command may wait for the entry before it to commit (group commit)
 
 Then = Callable[[Any, "str | None"], None]
 
@@ -56,6 +57,8 @@ class Orchestrator:
         self._claimed_term: int | None = None
         self._next_event = 0.0
         self._outgoing: list[tuple[str, tuple, Callable[[Any, str | None], None]]] = []
+        self._in_flight = 0  # our log entries not yet committed (or failed)
+        self._held_since = 0.0
         self.control = Control(self)
         self.broker = Broker(self)
         self.receiver = Receiver(self)
@@ -71,19 +74,31 @@ class Orchestrator:
     def commit(self, command: str, *args: Any, then: Then | None = None) -> None:
         """Replicate a command; `then(result, error)` runs later on this loop's thread.
 
-        Commands issued during one pass of the loop leave together, as one log entry, when
-        the pass ends (`_flush`): no added latency, a fraction of the Raft work under load."""
+        Commands leave together, as one log entry (`_flush`): at the end of the loop pass when
+        no entry of ours is in flight (no added latency when idle), else once it commits or
+        MAX_HOLD has passed (group commit: under load, one entry carries many commands)."""
 
         def done(result: Any, err: str | None) -> None:
             if then is not None:
                 self.inbox.post(lambda: then(result, err))
 
+        if not self._outgoing:
+            self._held_since = time.monotonic()
         self._outgoing.append((command, args, done))
 
-    def _flush(self) -> None:
+    def _flush(self, now: float) -> None:
+        if not self._outgoing:
+            return
+        if self._in_flight and len(self._outgoing) < MAX_BATCH and now - self._held_since < MAX_HOLD:
+            return
         while self._outgoing:
             batch, self._outgoing = self._outgoing[:MAX_BATCH], self._outgoing[MAX_BATCH:]
-            self.election.commit_many(batch)
+            self._in_flight += 1
+            self.election.commit_many(batch, landed=lambda: self.inbox.post(self._landed))
+        self._held_since = now
+
+    def _landed(self) -> None:
+        self._in_flight -= 1
 
     def send(self, identity: bytes, msg: protocol.Message) -> bool:
         try:
@@ -120,15 +135,16 @@ class Orchestrator:
             comp.register(poller)
         self._announce_ready()
         while not self._stop:
-            ready = dict(poller.poll(int(TICK * 1000)))
+            ready = dict(poller.poll(1 if self._outgoing else int(TICK * 1000)))
             if self.router in ready:
                 transport.drain(self.router, self._dispatch, 1000)
             if self.inbox.fd in ready:
                 self.inbox.run_pending()
             for comp in self.components:
                 comp.on_poll(ready)
-            self._tick(time.monotonic())
-            self._flush()
+            now = time.monotonic()
+            self._tick(now)
+            self._flush(now)
 
     def stop(self) -> None:
         self._stop = True

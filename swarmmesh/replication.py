@@ -56,7 +56,7 @@ RETRY_MIN, RETRY_MAX = 0.25, 2.0
 GC_PERIOD = 10.0
 GC_GRACE = 60.0  # a file the Receiver just stored is unreferenced until its commit lands
 SCRUB_RATE = 32 << 20  # bytes per second: a background check must not starve serving
-SCRUB_PASS = 5.0  # seconds between the starts of two passes over the store
+SCRUB_PASS = 60.0  # seconds between the starts of two passes over the store
 _SHA256 = re.compile(r"[0-9a-f]{64}\Z")
 
 
