@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import zmq
 
-from swarmmesh import gentoo, protocol, transport
+from swarmmesh import gentoo, gpkg, protocol, transport
 from swarmmesh.component import Component
 from swarmmesh.errors import ArtifactError, ProtocolError
 
@@ -244,7 +244,7 @@ class Receiver(Component):
         if self.node.is_leader():
             verdict()
 
-    def _finish(self, up: Upload | None, tr: protocol.Trailer, cpv: str) -> gentoo.GpkgInfo:
+    def _finish(self, up: Upload | None, tr: protocol.Trailer, cpv: str) -> gpkg.GpkgInfo:
         """Check the transfer, then the package; raise ArtifactError(retry?) on failure.
 
         The sha256 comes out of the same read as the GPKG checks (not hashed chunk by chunk on
@@ -264,7 +264,7 @@ class Receiver(Component):
             up.discard()
             raise
 
-    def _commit(self, identity: bytes, tr: protocol.Trailer, info: gentoo.GpkgInfo) -> None:
+    def _commit(self, identity: bytes, tr: protocol.Trailer, info: gpkg.GpkgInfo) -> None:
         result = {"sha256": info.sha256, "size": info.size, "md5": info.md5, "sha1": info.sha1,
                   "build_id": info.build_id or 1, "path": gentoo.gpkg_relpath(info.cpv, info.build_id or 1),
                   "holders": [self.node.name]}
@@ -376,11 +376,11 @@ def _check_transfer(up: Upload, tr: protocol.Trailer) -> None:
         raise ArtifactError(f"artifact of {up.size} bytes is too small to be a package (minimum {MIN_ARTIFACT})")
 
 
-def _inspect(path: Path, tr: protocol.Trailer, cpv: str) -> gentoo.GpkgInfo:
+def _inspect(path: Path, tr: protocol.Trailer, cpv: str) -> gpkg.GpkgInfo:
     """Validate the package; a file that fails only because its bytes were damaged on the way
     is a transfer error (send it again), not a broken build."""
     try:
-        info = gentoo.inspect_gpkg(path, expect_cpv=cpv)
+        info = gpkg.inspect_gpkg(path, expect_cpv=cpv)
     except ArtifactError:
         if _sha256_of(path) != tr.sha256:
             raise TransferError("sha256 mismatch") from None

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from swarmmesh import gentoo
+from swarmmesh import gentoo, gpkg
 from swarmmesh.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ class SimulatedBuilder:
             return _result(start, error=f"simulated failure of {cpv}")
         path = workdir / SIMULATED_ARTIFACT
         try:
-            gentoo.write_gpkg(path, cpv, size=self.config.artifact_size, repo=repo or "gentoo",
+            gpkg.write_gpkg(path, cpv, size=self.config.artifact_size, repo=repo or "gentoo",
                               seed=self.config.seed or 0)
         except (OSError, InputError) as exc:
             return _result(start, error=f"simulated build of {cpv} could not write its GPKG: {exc}")

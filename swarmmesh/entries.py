@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from swarmmesh import gentoo
+from swarmmesh import gpkg
 from swarmmesh.errors import ArtifactError
 
 log = logging.getLogger(__name__)
@@ -68,9 +68,9 @@ class Entries:
         if size != logged.get("size"):
             raise CorruptError(sha256, f"stored file {sha256[:12]} has {size} bytes, not {logged.get('size')}")
         return self.put(make_record(sha256, size, logged.get("md5"), logged.get("sha1"),
-                                    gentoo.read_gpkg_metadata(path)))
+                                    gpkg.read_gpkg_metadata(path)))
 
-    def record(self, info: gentoo.GpkgInfo) -> dict:
+    def record(self, info: gpkg.GpkgInfo) -> dict:
         """The record of a file this node has just validated in full (the leader's uploads)."""
         return self.put(make_record(info.sha256, info.size, info.md5, info.sha1, info.metadata))
 

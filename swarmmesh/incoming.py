@@ -6,7 +6,7 @@ into incoming/, and a rescan every RESCAN seconds for subdirectories such as an 
 PKGDIR tree and for anything an event missed: watchdog's recursive mode races when a directory
 appears while it walks the tree), and treats them exactly like an upload: the file is first
 moved out of the writable directory (so nobody can change it after it is checked), judged by
-`gentoo.inspect_gpkg`, accepted only for a package of the queue that is needed or being built,
+`gpkg.inspect_gpkg`, accepted only for a package of the queue that is needed or being built,
 stored under its sha256 and committed as `received`. Anything else is deleted with a log line
 saying why.
 """
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from swarmmesh import gentoo
+from swarmmesh import gentoo, gpkg
 from swarmmesh.component import Component
 from swarmmesh.errors import ArtifactError
 from swarmmesh.queue import DELEGATED, NEEDED
@@ -124,7 +124,7 @@ class Incoming(Component):
         return inside and not name.startswith(".") and name.endswith(SUFFIX)
 
     # --- judging (worker thread) -----------------------------------------------------------
-    def _take(self, path: Path) -> tuple[str, str, gentoo.GpkgInfo] | None:
+    def _take(self, path: Path) -> tuple[str, str, gpkg.GpkgInfo] | None:
         """Move the file out of reach, validate it, store it: (key, drone, info), or None if gone."""
         store = self.node.receiver.store
         staged = store.tmp / f"{uuid.uuid4().hex}.incoming"
@@ -138,7 +138,7 @@ class Incoming(Component):
         try:
             if not stat.S_ISREG(os.lstat(staged).st_mode):
                 raise ArtifactError("not a regular file (a link or a device)")
-            info = gentoo.inspect_gpkg(staged)
+            info = gpkg.inspect_gpkg(staged)
             key, drone = self._package_for(info)
             store.put(staged, info.sha256)
             self.node.releases.entries.record(info)  # parsed in full just now: no second read
@@ -147,7 +147,7 @@ class Incoming(Component):
             staged.unlink(missing_ok=True)
             raise
 
-    def _package_for(self, info: gentoo.GpkgInfo) -> tuple[str, str]:
+    def _package_for(self, info: gpkg.GpkgInfo) -> tuple[str, str]:
         """The queue key the GPKG is for, and whose build it settles."""
         repo = info.metadata.get("repository")
         keys = [info.cpv] + ([f"{info.cpv}::{repo}"] if repo else [])

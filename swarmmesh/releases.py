@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from portage.getbinpkg import PackageIndex
 
-from swarmmesh import gentoo
+from swarmmesh import gentoo, gpkg
 from swarmmesh.artifacts import fsync_dir
 from swarmmesh.component import Component
 from swarmmesh.entries import Entries
@@ -78,7 +78,7 @@ def check_release_id(release_id: Any) -> str:
 def index_entry(record: dict, path: str) -> dict[str, str]:
     """One Packages entry with Portage's internal key names (PackageIndex translates them).
     MTIME is the package's BUILD_TIME: the same on every node, unlike any file's mtime."""
-    info = gentoo.GpkgInfo(record["cpv"], record["build_id"], record["size"], record["sha256"],
+    info = gpkg.GpkgInfo(record["cpv"], record["build_id"], record["size"], record["sha256"],
                            record["md5"], record["sha1"], record["metadata"])
     build_time = record["metadata"].get("BUILD_TIME", "")
     entry = gentoo.packages_index_entry(info, path, int(build_time) if build_time.isdigit() else 0)

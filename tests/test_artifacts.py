@@ -6,9 +6,10 @@ import hashlib
 
 import pytest
 
-from swarmmesh import artifacts, gentoo, protocol
+from swarmmesh import artifacts, protocol
 from swarmmesh.artifacts import Store, TransferError, Upload
 from swarmmesh.errors import ArtifactError
+from swarmmesh.gpkg import write_gpkg
 
 CPV = "app-misc/hello-1.0"
 
@@ -28,7 +29,7 @@ def _upload(store: Store, data: bytes, chunk: int = 4096) -> tuple[Upload, proto
 @pytest.fixture
 def gpkg(tmp_path) -> bytes:
     path = tmp_path / "hello.gpkg.tar"
-    gentoo.write_gpkg(path, CPV, size=20_000)
+    write_gpkg(path, CPV, size=20_000)
     return path.read_bytes()
 
 

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from swarmmesh import binhost, gentoo, releases
+from swarmmesh import binhost, gentoo, gpkg, releases
 from swarmmesh.artifacts import Store
 from swarmmesh.binhost import Binhost
 from swarmmesh.config import OrchestratorAddr
@@ -77,21 +77,21 @@ class FakeNode:
         return self.name if self.leader else "o1"
 
 
-def store_gpkg(node: FakeNode, cpv: str, size: int = 6000, seed: int = 0) -> gentoo.GpkgInfo:
+def store_gpkg(node: FakeNode, cpv: str, size: int = 6000, seed: int = 0) -> gpkg.GpkgInfo:
     """A real GPKG in the node's store; returns what inspect_gpkg says of it."""
     tmp = node.receiver.store.tmp / f"{cpv.replace('/', '_')}-{seed}.gpkg.tar"
-    gentoo.write_gpkg(tmp, cpv, size=size, seed=seed)
-    info = gentoo.inspect_gpkg(tmp)
+    gpkg.write_gpkg(tmp, cpv, size=size, seed=seed)
+    info = gpkg.inspect_gpkg(tmp)
     node.receiver.store.put(tmp, info.sha256)
     return info
 
 
-def logged(info: gentoo.GpkgInfo) -> dict:
+def logged(info: gpkg.GpkgInfo) -> dict:
     """What the log records about a file (the leader computed it when it received the file)."""
     return {"size": info.size, "md5": info.md5, "sha1": info.sha1}
 
 
-def receive(node: FakeNode, info: gentoo.GpkgInfo, holders: tuple = ("o1",)) -> None:
+def receive(node: FakeNode, info: gpkg.GpkgInfo, holders: tuple = ("o1",)) -> None:
     """Queue, delegate and complete the package whose GPKG `info` describes."""
     q = node.queue
     q.submit(f"b-{info.cpv}", "test", [(info.cpv, info.cpv, None)], None, 0.0)
@@ -101,7 +101,7 @@ def receive(node: FakeNode, info: gentoo.GpkgInfo, holders: tuple = ("o1",)) -> 
     assert q.complete(info.cpv, "d1", 1, result, 1.0)["ok"]
 
 
-def publish(node: FakeNode, release_id: str, stamp: int, infos: list[gentoo.GpkgInfo]) -> Path:
+def publish(node: FakeNode, release_id: str, stamp: int, infos: list[gpkg.GpkgInfo]) -> Path:
     """Build a release directory of these packages by hand and point `current` at it."""
     store, entries = node.receiver.store, node.releases.entries
     links, index = [], []

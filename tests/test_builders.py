@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from swarmmesh import builders, gentoo
+from swarmmesh import builders, gpkg
 from swarmmesh.builders import (
     BuildResult,
     EmergeBuilder,
@@ -67,7 +67,7 @@ def test_simulated_output_is_a_valid_gpkg(tmp_path):
     result = builder.build("app-misc/foo-1.2.3-r1", "gentoo", tmp_path, threading.Event())
     assert result.ok and result.error == ""
     assert result.path is not None and result.path.parent == tmp_path
-    info = gentoo.inspect_gpkg(result.path, expect_cpv="app-misc/foo-1.2.3-r1")
+    info = gpkg.inspect_gpkg(result.path, expect_cpv="app-misc/foo-1.2.3-r1")
     assert info.cpv == "app-misc/foo-1.2.3-r1"
     assert 10_000 < info.size < 40_000
 
@@ -266,7 +266,7 @@ def test_real_emerge_builds_hello(real_emerge, tmp_path):
     result = real_emerge.build("test-cat/hello-1.0", None, tmp_path, threading.Event())
     assert result.ok, result.error
     assert result.path == tmp_path / "pkgdir/test-cat/hello/hello-1.0-1.gpkg.tar"
-    assert gentoo.inspect_gpkg(result.path, expect_cpv="test-cat/hello-1.0").cpv == "test-cat/hello-1.0"
+    assert gpkg.inspect_gpkg(result.path, expect_cpv="test-cat/hello-1.0").cpv == "test-cat/hello-1.0"
 
 
 @pytest.mark.slow

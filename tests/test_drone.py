@@ -20,7 +20,7 @@ import pytest
 import zmq
 
 from swarmmesh import drone as drone_mod
-from swarmmesh import gentoo, protocol, transport
+from swarmmesh import gpkg, protocol, transport
 from swarmmesh.builders import SIMULATED_ARTIFACT
 from swarmmesh.config import (
     DroneConfig,
@@ -203,7 +203,7 @@ def test_job_is_uploaded_and_deleted_only_after_stored(make_drone, leaders, tmp_
     assert (trailer.size, trailer.chunks) == (len(data), 3)
     assert trailer.sha256 == hashlib.sha256(data).hexdigest()
     (tmp_path / "got.gpkg.tar").write_bytes(data)
-    assert gentoo.inspect_gpkg(tmp_path / "got.gpkg.tar", expect_cpv=KEY).sha256 == trailer.sha256
+    assert gpkg.inspect_gpkg(tmp_path / "got.gpkg.tar", expect_cpv=KEY).sha256 == trailer.sha256
     artifact = d.jobs[KEY].path
     assert artifact is not None and artifact.read_bytes() == data
     beat = drive(d, lambda: a.poll(Heartbeat, lambda m: m.running), what="a heartbeat listing the upload")

@@ -13,14 +13,14 @@ from types import SimpleNamespace
 import pytest
 from portage.getbinpkg import PackageIndex
 
-from swarmmesh import gentoo, releases
+from swarmmesh import gentoo, gpkg, releases
 from swarmmesh.errors import ArtifactError, InputError
 from swarmmesh.releases import Releases
 from tests.conftest import wait_until
 from tests.test_binhost import FakeNode, logged, receive, store_gpkg
 
 
-def entry_for(node: FakeNode, info: gentoo.GpkgInfo) -> dict:
+def entry_for(node: FakeNode, info: gpkg.GpkgInfo) -> dict:
     record = node.releases.entries.compute(info.sha256, node.receiver.store.path(info.sha256), logged(info))
     return releases.index_entry(record, gentoo.gpkg_relpath(info.cpv, 1))
 

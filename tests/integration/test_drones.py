@@ -20,7 +20,7 @@ import msgpack
 import pytest
 import zmq
 
-from swarmmesh import gentoo, protocol, transport
+from swarmmesh import gpkg, protocol, transport
 from swarmmesh.protocol import Cancel, Chunk, Heartbeat, Hello, Job, JobFailed, Rejected, Trailer, Welcome
 from tests.conftest import wait_until
 from tests.integration.conftest import swarmmesh
@@ -56,7 +56,7 @@ def check_stored_files(c, leader: str, pkgs: dict[str, dict]) -> None:
     store = c.configs[leader].data_dir / "store"
     for key, pkg in pkgs.items():
         path = store / pkg["sha256"][:2] / pkg["sha256"]
-        info = gentoo.inspect_gpkg(path, expect_cpv=pkg["cpv"])
+        info = gpkg.inspect_gpkg(path, expect_cpv=pkg["cpv"])
         assert (info.cpv, info.sha256) == (pkg["cpv"], pkg["sha256"]), key
 
 
@@ -186,7 +186,7 @@ def bad_cluster(make_cluster):
 
 def gpkg_bytes(tmp_path: Path, cpv: str) -> bytes:
     path = tmp_path / "upload.gpkg.tar"
-    gentoo.write_gpkg(path, cpv, size=2048)
+    gpkg.write_gpkg(path, cpv, size=2048)
     return path.read_bytes()
 
 
