@@ -91,8 +91,9 @@ class Store:
 
 
 class SyncBarrier:
-    """Group commit for durability: `sync()` returns once everything written before the call is
-    on disk, and callers arriving together share one `syncfs()` of the store's filesystem.
+    """Group commit for durability: `after(fn)` runs `fn(error)` once everything written before
+    the call is on disk; one thread makes everything asked for meanwhile durable with a single
+    `syncfs()` of the store's filesystem.
 
     Why not fsync per upload: with the file's fsync and its directory's, each package cost two
     journal commits, and on 5,000 small packages the validation threads spent most of their
@@ -101,29 +102,43 @@ class SyncBarrier:
 
     def __init__(self, path: Path) -> None:
         self._fd = os.open(path, os.O_RDONLY)
-        self._cond = threading.Condition()
-        self._asked = self._done = 0
-        self._busy = False
+        self._queue: queue.SimpleQueue[Callable[[OSError | None], None] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="store-sync", daemon=True)
+        self._thread.start()
 
-    def sync(self) -> None:
-        with self._cond:
-            self._asked += 1
-            ticket = self._asked
-            while self._done < ticket:
-                if self._busy:
-                    self._cond.wait()
-                    continue
-                self._busy, target = True, self._asked
-                self._cond.release()
-                try:
-                    _syncfs(self._fd)
-                finally:
-                    self._cond.acquire()
-                    self._busy, self._done = False, max(self._done, target)
-                    self._cond.notify_all()
+    def after(self, fn: Callable[[OSError | None], None]) -> None:
+        self._queue.put(fn)
 
     def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(30)
         os.close(self._fd)
+
+    def _run(self) -> None:
+        while (first := self._queue.get()) is not None:
+            group, stop = [first], False
+            while not self._queue.empty():
+                fn = self._queue.get()
+                if fn is None:
+                    stop = True
+                    break
+                group.append(fn)
+            self._sync_for(group)
+            if stop:
+                return
+
+    def _sync_for(self, group: list[Callable[[OSError | None], None]]) -> None:
+        try:
+            _syncfs(self._fd)
+            error = None
+        except OSError as exc:
+            log.error("cannot sync the store to disk: %s", exc)
+            error = exc
+        for fn in group:
+            try:
+                fn(error)
+            except Exception:  # one caller's bug must not cost the others their answer
+                log.exception("store sync: a callback failed")
 
 
 def _syncfs(fd: int) -> None:
@@ -311,12 +326,24 @@ class Receiver(Component):
         dropped there if this node stopped leading meanwhile."""
         try:
             info = self._finish(up, tr, cpv)
-            verdict = functools.partial(self._commit, identity, tr, info)
         except ArtifactError as exc:
-            verdict = functools.partial(self._reject, identity, tr, str(exc))
+            self._post_verdict(functools.partial(self._reject, identity, tr, str(exc)))
         except Exception as exc:  # the store's disk, or a bug: never leave an upload unanswered
             log.exception("cannot store the upload of %s", tr.key)
-            verdict = functools.partial(self._reject, identity, tr, f"{TransferError.PREFIX}cannot store it: {exc}")
+            reason = f"{TransferError.PREFIX}cannot store it: {exc}"
+            self._post_verdict(functools.partial(self._reject, identity, tr, reason))
+        else:  # `received` only once the file and its rename are on disk
+            self._durable.after(functools.partial(self._durable_verdict, identity, tr, info))
+
+    def _durable_verdict(self, identity: bytes, tr: protocol.Trailer, info: gentoo.GpkgInfo,
+                         error: OSError | None) -> None:
+        if error is None:
+            self._post_verdict(functools.partial(self._commit, identity, tr, info))
+        else:
+            reason = f"{TransferError.PREFIX}cannot sync the store: {error}"
+            self._post_verdict(functools.partial(self._reject, identity, tr, reason))
+
+    def _post_verdict(self, verdict: Callable[[], None]) -> None:
         self.node.post(lambda: self._verdict(verdict))
 
     def _verdict(self, verdict: Any) -> None:
@@ -335,8 +362,7 @@ class Receiver(Component):
             path = up.to_file()
             _check_transfer(up, tr)
             info = _inspect(path, tr, cpv)
-            self.store.put(path, info.sha256, sync_dir=False)
-            self._durable.sync()  # file and rename on disk before `received` can be committed
+            self.store.put(path, info.sha256, sync_dir=False)  # made durable by self._durable, in groups
             self.node.releases.entries.record(info)  # parsed in full just now: no second read
             return info
         except BaseException:

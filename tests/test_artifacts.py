@@ -108,7 +108,7 @@ def test_a_small_upload_stays_in_memory_and_a_big_one_spills_to_one_temp_file(tm
     assert up.to_file().read_bytes() == b"a" * 6000 + b"b" * 6000
 
 
-def test_callers_arriving_together_share_one_filesystem_sync(tmp_path, monkeypatch):
+def test_uploads_validated_during_a_sync_share_the_next_one(tmp_path, monkeypatch):
     calls, started, release = [], threading.Event(), threading.Event()
 
     def slow_syncfs(fd):
@@ -118,16 +118,25 @@ def test_callers_arriving_together_share_one_filesystem_sync(tmp_path, monkeypat
 
     monkeypatch.setattr(artifacts, "_syncfs", slow_syncfs)
     barrier = artifacts.SyncBarrier(tmp_path)
-    first = threading.Thread(target=barrier.sync)
-    first.start()
+    done: list[tuple[int, object]] = []
+    barrier.after(lambda err: done.append((0, err)))
     assert started.wait(5)
-    later = [threading.Thread(target=barrier.sync) for _ in range(5)]  # arrive while the first sync runs
-    for t in later:
-        t.start()
-    wait_until(lambda: barrier._asked == 6, 5, what="the five to be waiting")
+    for i in range(1, 6):  # arrive while the first sync runs: they wait for the next one
+        barrier.after(lambda err, i=i: done.append((i, err)))
+    assert done == []
     release.set()
-    for t in (first, *later):
-        t.join(5)
-        assert not t.is_alive()
+    wait_until(lambda: len(done) == 6, 5, what="every caller answered")
     barrier.close()
-    assert len(calls) == 2  # the first caller's own sync, then one for the five that came during it
+    assert len(calls) == 2 and done == [(i, None) for i in range(6)]
+
+
+def test_a_failed_sync_is_reported_to_every_caller(tmp_path, monkeypatch):
+    def broken(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(artifacts, "_syncfs", broken)
+    barrier = artifacts.SyncBarrier(tmp_path)
+    got = []
+    barrier.after(got.append)
+    barrier.close()
+    assert len(got) == 1 and isinstance(got[0], OSError)
