@@ -3,13 +3,16 @@
 An upload is `Chunk` frames then a `Trailer` on the leader's PULL socket. PUSH has no
 acknowledgement and a frame can be lost when a connection drops, so the application checks
 everything: chunks in sequence, total size, sha256, and the GPKG itself for the CPV that was
-delegated. Data goes to a temp file named by us (never by the drone), is fsynced, then
-renamed into the store under its sha256; only after `received` is committed does the drone
-get `Stored` and delete its copy.
+delegated. Data goes to a temp file named by us (never by the drone; a small upload stays in
+memory until then), is renamed into the store under its sha256 and made durable (file and
+rename, by a filesystem sync that concurrent uploads share: `SyncBarrier`); only after
+`received` is committed does the drone get `Stored` and delete its copy.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 import hashlib
 import logging
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
     from swarmmesh.orchestrator import Orchestrator
 
 log = logging.getLogger(__name__)
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
 MAX_ARTIFACT = 8 * 1024**3
 MIN_ARTIFACT = 1024
@@ -49,8 +53,8 @@ FINISH_WORKERS = 4
 EARLY_SETTLE_BACKLOG = 32
 #: Chunks (1 MiB each) queued for the writer thread before the loop stops reading the socket.
 WRITE_BACKLOG = 8
-#: A chunk this small is written on the loop when the writer has nothing queued.
-INLINE_WRITE = 64 << 10
+#: An upload stays in memory up to this size; beyond, it goes to a temp file (writer thread).
+SPILL = 1 << 20
 
 
 class Store:
@@ -86,6 +90,67 @@ class Store:
         return dest
 
 
+class SyncBarrier:
+    """Group commit for durability: `after(fn)` runs `fn(error)` once everything written before
+    the call is on disk; one thread makes everything asked for meanwhile durable with a single
+    `syncfs()` of the store's filesystem.
+
+    Why not fsync per upload: with the file's fsync and its directory's, each package cost two
+    journal commits, and on 5,000 small packages the validation threads spent most of their
+    time waiting for them (the leader topped out near 200 packages/s). One syncfs makes the
+    data and the rename of every upload validated meanwhile durable at once."""
+
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_RDONLY)
+        self._queue: queue.SimpleQueue[Callable[[OSError | None], None] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="store-sync", daemon=True)
+        self._thread.start()
+
+    def after(self, fn: Callable[[OSError | None], None]) -> None:
+        self._queue.put(fn)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(30)
+        os.close(self._fd)
+
+    def _run(self) -> None:
+        while (first := self._queue.get()) is not None:
+            group, stop = [first], False
+            while not self._queue.empty():
+                fn = self._queue.get()
+                if fn is None:
+                    stop = True
+                    break
+                group.append(fn)
+            self._sync_for(group)
+            if stop:
+                return
+
+    def _sync_for(self, group: list[Callable[[OSError | None], None]]) -> None:
+        try:
+            _syncfs(self._fd)
+            error = None
+        except OSError as exc:
+            log.error("cannot sync the store to disk: %s", exc)
+            error = exc
+        for fn in group:
+            try:
+                fn(error)
+            except Exception:  # one caller's bug must not cost the others their answer
+                log.exception("store sync: a callback failed")
+
+
+def _syncfs(fd: int) -> None:
+    """syncfs(2) of the filesystem holding `fd` (Linux; os.sync() where libc lacks it)."""
+    if not hasattr(_LIBC, "syncfs"):
+        os.sync()
+        return
+    if _LIBC.syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"syncfs: {os.strerror(err)}")
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -96,9 +161,14 @@ def fsync_dir(path: Path) -> None:
 
 @dataclass
 class Upload:
-    path: Path
-    fh: BinaryIO
+    """An upload being received: in memory while small (a 2 KiB package never touches the
+    disk from the socket loop), spilled to a temp file of the store beyond SPILL bytes."""
+
+    store: Store
     sender: bytes
+    buf: bytearray = field(default_factory=bytearray)
+    path: Path | None = None
+    fh: BinaryIO | None = None
     size: int = 0
     next_seq: int = 0
     broken: str = ""
@@ -114,13 +184,37 @@ class Upload:
         if self.size + len(chunk.data) > MAX_ARTIFACT:
             self.broken = f"upload exceeds {MAX_ARTIFACT} bytes"
             return
-        self.fh.write(chunk.data)
+        if self.fh is None and len(self.buf) + len(chunk.data) > SPILL:
+            self.path, self.fh = self.store.temp_file()
+            self.fh.write(self.buf)
+            self.buf = bytearray()
+        if self.fh is None:
+            self.buf += chunk.data
+        else:
+            self.fh.write(chunk.data)
         self.size += len(chunk.data)
         self.next_seq += 1
 
-    def discard(self) -> None:
+    def small(self, data: bytes) -> bool:
+        """Whether adding `data` stays in memory (cheap enough for the socket loop)."""
+        return self.fh is None and len(self.buf) + len(data) <= SPILL
+
+    def to_file(self) -> Path:
+        """The upload as a closed temp file of the store (not fsynced: see Receiver._finish)."""
+        if self.fh is None:
+            self.path, self.fh = self.store.temp_file()
+            self.fh.write(self.buf)
+            self.buf = bytearray()
         self.fh.close()
-        self.path.unlink(missing_ok=True)
+        assert self.path is not None
+        return self.path
+
+    def discard(self) -> None:
+        self.buf = bytearray()
+        if self.fh is not None:
+            self.fh.close()
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
 
 
 class Receiver(Component):
@@ -135,6 +229,7 @@ class Receiver(Component):
         self._pool = ThreadPoolExecutor(FINISH_WORKERS, thread_name_prefix="receive")
         self._validating = 0
         self._writer = _Writer(WRITE_BACKLOG, resume=lambda: node.post(self._resume))
+        self._durable = SyncBarrier(self.store.root)
         self._poller: zmq.Poller | None = None
         self._paused = False
 
@@ -177,6 +272,7 @@ class Receiver(Component):
         self._drop_all("shutting down")
         self._writer.close()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._durable.close()
         self.pull.close(0)
 
     # --- frames --------------------------------------------------------------------------
@@ -200,10 +296,9 @@ class Receiver(Component):
         if up is None:
             if chunk.seq != 0:
                 return  # the start of this upload was lost; the trailer will be rejected
-            path, fh = self.store.temp_file()
-            up = self.uploads[chunk.upload] = Upload(path, fh, b"")
+            up = self.uploads[chunk.upload] = Upload(self.store, b"")
         up.last_activity = time.monotonic()
-        self._writer.run(functools.partial(up.add, chunk), small=len(chunk.data) <= INLINE_WRITE)
+        self._writer.run(functools.partial(up.add, chunk), small=up.small(chunk.data))
 
     def _trailer(self, tr: protocol.Trailer) -> None:
         identity = tr.drone.encode()
@@ -231,12 +326,24 @@ class Receiver(Component):
         dropped there if this node stopped leading meanwhile."""
         try:
             info = self._finish(up, tr, cpv)
-            verdict = functools.partial(self._commit, identity, tr, info)
         except ArtifactError as exc:
-            verdict = functools.partial(self._reject, identity, tr, str(exc))
+            self._post_verdict(functools.partial(self._reject, identity, tr, str(exc)))
         except Exception as exc:  # the store's disk, or a bug: never leave an upload unanswered
             log.exception("cannot store the upload of %s", tr.key)
-            verdict = functools.partial(self._reject, identity, tr, f"{TransferError.PREFIX}cannot store it: {exc}")
+            reason = f"{TransferError.PREFIX}cannot store it: {exc}"
+            self._post_verdict(functools.partial(self._reject, identity, tr, reason))
+        else:  # `received` only once the file and its rename are on disk
+            self._durable.after(functools.partial(self._durable_verdict, identity, tr, info))
+
+    def _durable_verdict(self, identity: bytes, tr: protocol.Trailer, info: gpkg.GpkgInfo,
+                         error: OSError | None) -> None:
+        if error is None:
+            self._post_verdict(functools.partial(self._commit, identity, tr, info))
+        else:
+            reason = f"{TransferError.PREFIX}cannot sync the store: {error}"
+            self._post_verdict(functools.partial(self._reject, identity, tr, reason))
+
+    def _post_verdict(self, verdict: Callable[[], None]) -> None:
         self.node.post(lambda: self._verdict(verdict))
 
     def _verdict(self, verdict: Any) -> None:
@@ -252,12 +359,10 @@ class Receiver(Component):
         if up is None:
             raise TransferError("no data arrived for this upload (lost frames); send it again")
         try:
-            up.fh.flush()
-            os.fsync(up.fh.fileno())
-            up.fh.close()
+            path = up.to_file()
             _check_transfer(up, tr)
-            info = _inspect(up.path, tr, cpv)
-            self.store.put(up.path, info.sha256)
+            info = _inspect(path, tr, cpv)
+            self.store.put(path, info.sha256, sync_dir=False)  # made durable by self._durable, in groups
             self.node.releases.entries.record(info)  # parsed in full just now: no second read
             return info
         except BaseException:

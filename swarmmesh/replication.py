@@ -297,10 +297,15 @@ class Replicator(Component):
                 future.add_done_callback(lambda f, part=part: self.node.post(lambda: self._bundle_done(part, f)))
 
     def _bundle_done(self, part: list[tuple[str, dict]], future: Future) -> None:
+        """One log line per bundle (a follower catching up fetches thousands of small files)."""
         outcomes = _outcome(future)
+        got = 0
         for sha, info in part:
-            self._fetched(sha, info, outcomes.get(sha, FetchError("missing from the bundle"))
-                          if isinstance(outcomes, dict) else outcomes)
+            outcome = outcomes.get(sha, FetchError("not in the reply")) if isinstance(outcomes, dict) else outcomes
+            got += not isinstance(outcome, Exception)
+            self._fetched(sha, info, outcome, quiet=True)
+        if got:
+            log.info("fetched %d of %d small files in one bundle", got, len(part))
 
     def _sources(self, sha: str, holders: list[str]) -> list[Source]:
         """Holders other than us that the config knows, rotated so followers spread the load."""
@@ -310,7 +315,7 @@ class Replicator(Component):
         turn = zlib.crc32(f"{self.me}:{sha}".encode()) % len(known)
         return [Source(a.name, a.host, a.binhost_port) for a in known[turn:] + known[:turn]]
 
-    def _fetched(self, sha: str, info: dict, outcome: str | Exception) -> None:
+    def _fetched(self, sha: str, info: dict, outcome: str | Exception, quiet: bool = False) -> None:
         """`outcome`: the source's name, or why the fetch failed."""
         del self._fetching[sha]
         self._dirty.add(sha)  # look at it again with the log's newest record
@@ -327,8 +332,8 @@ class Replicator(Component):
         self._failing.pop(sha, None)
         with self._lock:
             self.held.add(sha)
-        log.info("fetched %s (%s, %s bytes) from %s", sha[:12], info.get("key") or "release file",
-                 info.get("size"), source)
+        log.log(logging.DEBUG if quiet else logging.INFO, "fetched %s (%s, %s bytes) from %s", sha[:12],
+                info.get("key") or "release file", info.get("size"), source)
         self._commit("hold", sha)
         if sha in self._refetch:
             self._refetch.discard(sha)

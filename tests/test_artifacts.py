@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 
 import pytest
 
@@ -10,17 +11,17 @@ from swarmmesh import artifacts, protocol
 from swarmmesh.artifacts import Store, TransferError, Upload
 from swarmmesh.errors import ArtifactError
 from swarmmesh.gpkg import write_gpkg
+from tests.conftest import wait_until
 
 CPV = "app-misc/hello-1.0"
 
 
 def _upload(store: Store, data: bytes, chunk: int = 4096) -> tuple[Upload, protocol.Trailer]:
-    path, fh = store.temp_file()
-    up = Upload(path, fh, b"")
+    up = Upload(store, b"")
     pieces = [data[i:i + chunk] for i in range(0, len(data), chunk)]
     for seq, piece in enumerate(pieces):
         up.add(protocol.Chunk(upload="ab12cd34", seq=seq, data=piece))
-    up.fh.close()
+    up.to_file()
     trailer = protocol.Trailer(upload="ab12cd34", drone="drone-1", key=CPV, term=1, size=len(data),
                                sha256=hashlib.sha256(data).hexdigest(), chunks=len(pieces))
     return up, trailer
@@ -68,13 +69,13 @@ def test_a_valid_package_under_a_wrong_announced_sha256_is_sent_again(tmp_path, 
 
 def test_chunks_out_of_order_or_missing_break_the_upload(tmp_path, gpkg):
     store = Store(tmp_path / "store")
-    path, fh = store.temp_file()
-    up = Upload(path, fh, b"")
+    up = Upload(store, b"")
     up.add(protocol.Chunk(upload="ab12cd34", seq=0, data=gpkg[:4096]))
     up.add(protocol.Chunk(upload="ab12cd34", seq=2, data=gpkg[8192:12288]))
     tr = protocol.Trailer(upload="ab12cd34", drone="d", key=CPV, term=1, size=12288, sha256="0" * 64, chunks=3)
     with pytest.raises(TransferError, match="lost frames"):
         artifacts._check_transfer(up, tr)
+    path = up.to_file()
     up.discard()
     assert not path.exists()
 
@@ -95,3 +96,48 @@ def test_the_store_is_content_addressed_and_refuses_other_names(tmp_path, gpkg):
     assert dest == tmp_path / "store" / tr.sha256[:2] / tr.sha256 and store.has(tr.sha256)
     with pytest.raises(ArtifactError, match="not a sha256"):
         store.path("../../etc/passwd")
+
+
+def test_a_small_upload_stays_in_memory_and_a_big_one_spills_to_one_temp_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(artifacts, "SPILL", 10_000)
+    store = Store(tmp_path / "store")
+    up = Upload(store, b"")
+    up.add(protocol.Chunk(upload="ab12cd34", seq=0, data=b"a" * 6000))
+    assert up.fh is None and list(store.tmp.iterdir()) == [] and not up.small(b"b" * 6000)
+    up.add(protocol.Chunk(upload="ab12cd34", seq=1, data=b"b" * 6000))
+    assert up.fh is not None and up.path.parent == store.tmp
+    assert up.to_file().read_bytes() == b"a" * 6000 + b"b" * 6000
+
+
+def test_uploads_validated_during_a_sync_share_the_next_one(tmp_path, monkeypatch):
+    calls, started, release = [], threading.Event(), threading.Event()
+
+    def slow_syncfs(fd):
+        calls.append(fd)
+        started.set()
+        release.wait(5)
+
+    monkeypatch.setattr(artifacts, "_syncfs", slow_syncfs)
+    barrier = artifacts.SyncBarrier(tmp_path)
+    done: list[tuple[int, object]] = []
+    barrier.after(lambda err: done.append((0, err)))
+    assert started.wait(5)
+    for i in range(1, 6):  # arrive while the first sync runs: they wait for the next one
+        barrier.after(lambda err, i=i: done.append((i, err)))
+    assert done == []
+    release.set()
+    wait_until(lambda: len(done) == 6, 5, what="every caller answered")
+    barrier.close()
+    assert len(calls) == 2 and done == [(i, None) for i in range(6)]
+
+
+def test_a_failed_sync_is_reported_to_every_caller(tmp_path, monkeypatch):
+    def broken(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(artifacts, "_syncfs", broken)
+    barrier = artifacts.SyncBarrier(tmp_path)
+    got = []
+    barrier.after(got.append)
+    barrier.close()
+    assert len(got) == 1 and isinstance(got[0], OSError)

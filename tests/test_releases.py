@@ -307,13 +307,14 @@ def test_staging_renders_are_spaced_by_what_the_last_one_cost(component):
     at(node, comp, 100.0)  # index a
     at(node, comp, 100.2)  # stage a
     assert list(comp.staging.paths.values()) == [infos[0].sha256]
-    comp._stage_cost = 0.5  # as if that render had taken half a second
+    comp._stage_cost = 0.1  # as if that render had taken a tenth of a second
     receive(node, infos[1])
     at(node, comp, 100.4)  # index b
-    at(node, comp, 100.6)  # stage b: the next render waits 10 x 0.5 s
+    at(node, comp, 100.6)  # stage b: the next render waits STAGE_FACTOR x 0.1 s
+    wait = releases.STAGE_FACTOR * 0.1
     receive(node, infos[2])
-    for now in (100.8, 101.0, 105.5):  # index c, then wait
+    for now in (100.8, 101.0, 100.6 + wait - 0.1):  # index c, then wait
         at(node, comp, now)
     assert infos[2].sha256 not in comp.staging.paths.values()
-    at(node, comp, 105.7)
+    at(node, comp, 100.6 + wait + 0.1)
     assert infos[2].sha256 in comp.staging.paths.values()
