@@ -56,7 +56,8 @@ RETRY_MIN, RETRY_MAX = 0.25, 2.0
 GC_PERIOD = 10.0
 GC_GRACE = 60.0  # a file the Receiver just stored is unreferenced until its commit lands
 SCRUB_RATE = 32 << 20  # bytes per second: a background check must not starve serving
-SCRUB_PASS = 60.0  # seconds between the starts of two passes over the store
+SCRUB_PASS = 5.0  # seconds from the end of one pass over the store to the start of the next
+SCRUB_FILES = 200  # files checked per second at most: a store of small files must not churn the disk
 _SHA256 = re.compile(r"[0-9a-f]{64}\Z")
 
 
@@ -373,7 +374,7 @@ class Replicator(Component):
                 todo = sorted(self.held)
             for sha in todo:
                 checked = verify(self.store.path(sha), sha, SCRUB_RATE, self._stop)
-                if self._stop.is_set():
+                if self._stop.wait(1 / SCRUB_FILES):
                     return
                 if checked is not None and not checked[1]:
                     inode, why = checked[0], "missing" if not checked[0] else "sha256 mismatch found by the scrubber"
