@@ -11,7 +11,7 @@ GPKGs are written and read here rather than with ``portage.gpkg``: that class ne
 nothing without trusting the file first, while a drone artifact must be judged without trusting
 it, in one bounded pass. Nor with ``tarfile``: its per-header Python cost was most of a package's
 CPU budget (our headers are several times faster to build and to parse), and its reader is
-lenient where ours must be strict (see "Tar blocks").
+lenient where ours must be strict (see `swarmmesh.tarblock`).
 
 What a package *is* (atoms, where it lives in a binhost, its ``Packages`` entry) is Portage's
 data model and lives in `swarmmesh.gentoo`.
@@ -37,241 +37,16 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, NamedTuple, TypeVar
+from typing import Any, BinaryIO, NamedTuple
 
 from portage.const import MANIFEST2_HASH_DEFAULTS
 
+from swarmmesh import tarblock
 from swarmmesh.errors import ArtifactError, InputError
 from swarmmesh.gentoo import PackageRef, parse_atom
 
 log = logging.getLogger(__name__)
-_T = TypeVar("_T")
-
-
-# ---------------------------------------------------------------------------------------------
-# Tar blocks, by hand, in both directions
-#
-# tarfile builds and parses each header in Python (~15 us) and forgives a lot when reading: a bad
-# header after the first one silently ends the archive. GPKG tars are plain: regular files, ustar
-# or GNU headers, a GNU long-name record or a pax header for long names. That is all written here
-# and all that is read; anything else is refused, so no reader can see another archive than ours.
-
-_BLOCK = 512
-_CHUNK = 1 << 20
-_ZERO_BLOCK = bytes(_BLOCK)
-_ZERO_PREFIX = bytes(155)
-_USTAR_MAGIC, _GNU_MAGIC = b"ustar\x0000", b"ustar  \x00"
-_REGTYPE, _DIRTYPE = b"0", b"5"
-_REGULAR = (b"0", b"\x00")
-_UNSUPPORTED = frozenset((b"g", b"K", b"N", b"S", b"V", b"M", b"D", b"X"))  # pax global, GNU and Solaris
-_MAX_OCTAL = 8**11  # a 12-byte octal field ends at 8 GiB; GNU base-256 beyond
-_MAX_EXTENSION = 64 << 10  # one long name or pax header; GPKG member names are a few dozen bytes
-_PAX_KEYS = frozenset(("path", "size", "mtime", "atime", "ctime", "uid", "gid", "uname", "gname", "comment",
-                       "hdrcharset"))
-_NUMBER_FIELDS = ((100, 108), (108, 116), (116, 124), (124, 136), (136, 148), (148, 156), (329, 337), (337, 345))
-_OCTAL = re.compile(rb"[0-7]+")
-_PAX_RECORD = re.compile(rb"([1-9][0-9]{0,8}) ([^=\0]+)=")
-
-
-class _Member(NamedTuple):
-    name: str
-    size: int
-    kind: bytes
-
-
-def _tar_header(name: str, size: int, mtime: int, kind: bytes = _REGTYPE) -> bytes:
-    """A header as tarfile writes it, byte for byte, but built directly (TarInfo.tobuf costs
-    ~15 us and a package has ~30 headers). Names of 100 bytes or more get a GNU long-name record
-    first (if over 100) and sizes of 8 GiB or more a base-256 field, as tarfile's GNU format does."""
-    raw = name.encode()
-    mode = 0o755 if kind == _DIRTYPE else 0o644
-    if len(raw) < 100 and size < _MAX_OCTAL:
-        return _header_block(raw, mode, size, mtime, kind, magic=_USTAR_MAGIC, owner=b"root")
-    block = _header_block(raw, mode, size, mtime, kind, magic=_GNU_MAGIC, owner=b"root")
-    if len(raw) <= 100:  # exactly 100 bytes fit, without a NUL
-        return block
-    longname = raw + b"\0"
-    record = _header_block(b"././@LongLink", 0, len(longname), 0, b"L", magic=_GNU_MAGIC, owner=b"")
-    return record + longname + _pad(len(longname)) + block
-
-
-def _header_block(name: bytes, mode: int, size: int, mtime: int, kind: bytes, *, magic: bytes, owner: bytes) -> bytes:
-    size_field = b"%011o\0" % size if size < _MAX_OCTAL else b"\x80" + size.to_bytes(11, "big")
-    head = b"%s%07o\x000000000\x000000000\x00%s%011o\x00" % (name[:100].ljust(100, b"\0"), mode, size_field, mtime)
-    tail, tail_sum = _header_tail(kind, magic, owner)
-    return head + b"%06o\x00 " % (_byte_sum(head) + tail_sum) + tail
-
-
-@functools.lru_cache(maxsize=16)
-def _header_tail(kind: bytes, magic: bytes, owner: bytes) -> tuple[bytes, int]:
-    """Everything after the checksum field, and its byte sum plus the field's (as spaces)."""
-    tail = kind + bytes(100) + magic + owner.ljust(32, b"\0") * 2 + bytes(183)
-    return tail, sum(tail) + 256
-
-
-def _byte_sum(data: bytes) -> int:
-    """The sum of up to 256 bytes, in C: Adler-32's low half is 1 + that sum modulo 65521,
-    which the sum of 256 bytes (at most 65280) never reaches."""
-    return (zlib.adler32(data) & 0xFFFF) - 1
-
-
-def _header_checksum(block: bytes) -> int:
-    """The header checksum: the unsigned byte sum with the checksum field counted as spaces."""
-    adler = zlib.adler32  # see _byte_sum: three runs of at most 256 bytes, 256 for the field as spaces
-    return (adler(block[:148]) & 0xFFFF) + (adler(block[156:412]) & 0xFFFF) + (adler(block[412:]) & 0xFFFF) + 253
-
-
-def _digit_template(layout: bytes) -> tuple[int, int]:
-    """(mask, value) such that `int(field) & mask == value` iff each `d` of the layout is an octal
-    digit and every other byte is as given: a header's number fields checked in one step."""
-    mask = bytes(0xF8 if byte == ord("d") else 0xFF for byte in layout)
-    value = bytes(ord("0") if byte == ord("d") else byte for byte in layout)
-    return int.from_bytes(mask, "big"), int.from_bytes(value, "big")
-
-
-# mode, uid, gid, size, mtime and chksum as tarfile and GNU tar write them, and no device numbers;
-# anything else (base-256, spaces, other widths) takes the field-by-field path.
-_CANONICAL_MASK, _CANONICAL = _digit_template(b"ddddddd\0" * 3 + b"ddddddddddd\0" * 2 + b"dddddd\0 ")
-_NO_DEVICE = bytes(16)
-
-
-def _numbers(block: bytes) -> tuple[int, int] | None:
-    """(size, stored checksum), or None if any number field is malformed (tarfile would stop there)."""
-    if int.from_bytes(block[100:156], "big") & _CANONICAL_MASK == _CANONICAL and block[329:345] == _NO_DEVICE:
-        return int(block[124:135], 8), int(block[148:154], 8)
-    values = [_number(block[start:end]) for start, end in _NUMBER_FIELDS]
-    return None if None in values else (values[3], values[5])  # type: ignore[return-value]
-
-
-def _number(field: bytes) -> int | None:
-    """An octal field (spaces around, NUL-terminated) or a positive GNU base-256 one."""
-    if field[0] == 0x80:
-        return int.from_bytes(field[1:], "big")
-    text = field.partition(b"\0")[0].strip(b" ")
-    if not text:
-        return 0
-    return int(text, 8) if _OCTAL.fullmatch(text) else None
-
-
-class _TarReader:
-    """A strict tar reader: `read(n)` gives the next n bytes (fewer only at the end of the file);
-    the caller consumes each member's data (`body`, or its own reads + `padding`) before `next`."""
-
-    def __init__(self, read: Callable[[int], bytes], where: str, todo: str) -> None:
-        self._read, self._where, self._todo = read, where, todo
-
-    def fail(self, why: str) -> ArtifactError:
-        return ArtifactError(f"{self._where} ({why}); {self._todo}")
-
-    def next(self) -> _Member | None:
-        """The next member, its long-name and pax records applied; None at the end marker."""
-        name: str | None = None
-        size: int | None = None
-        extended = False
-        while (member := self._header()) is not None and member.kind in (b"L", b"x"):
-            if member.size > _MAX_EXTENSION:
-                raise self.fail(f"a {member.size} byte long-name or pax record")
-            if member.kind == b"L":
-                name = self._once(name, self._text(self.body(member).partition(b"\0")[0], "long name"))
-            else:
-                name, size = self._pax(self.body(member), name, size)
-            extended = True
-        if member is None and extended:
-            raise self.fail("a long-name or pax record with no member after it")
-        if member is None or (name is None and size is None):
-            return member
-        return _Member(member.name if name is None else name, member.size if size is None else size, member.kind)
-
-    def body(self, member: _Member) -> bytes:
-        """A (small) member's data, read whole with its padding."""
-        padded = _padded(member.size)
-        data = self._read(padded)
-        if len(data) < padded:
-            raise self.fail(f"{member.name!r} is cut short: the file ends inside it")
-        return data[:member.size]
-
-    def padding(self, size: int) -> None:
-        if len(self._read(-size % _BLOCK)) < -size % _BLOCK:
-            raise self.fail("the file ends inside a member's padding")
-
-    def check_tail(self) -> None:
-        """Only zero bytes may follow the end marker (the record padding tar writers add): data
-        there is invisible to tar readers and has no business in a package."""
-        while chunk := self._read(_CHUNK):
-            if chunk.count(0) != len(chunk):
-                raise self.fail("data after the end-of-archive marker")
-
-    def _header(self) -> _Member | None:
-        block = self._read(_BLOCK)
-        if len(block) < _BLOCK:
-            raise self.fail("a truncated header" if block else "the file ends without an end-of-archive marker")
-        if block == _ZERO_BLOCK:
-            return None
-        numbers = _numbers(block)
-        if numbers is None:
-            raise self.fail("a malformed number field in a header")
-        if numbers[1] != _header_checksum(block):
-            raise self.fail("bad header checksum: a corrupt file, or not a tar archive")
-        if block[156:157] in _UNSUPPORTED:
-            raise self.fail(f"a tar record of type {block[156:157].decode()!r}, which GPKGs never use")
-        return _Member(self._name(block), numbers[0], block[156:157])
-
-    def _name(self, block: bytes) -> str:
-        magic = block[257:265]
-        if magic == _USTAR_MAGIC and block[345]:
-            return self._text(block[345:500].partition(b"\0")[0] + b"/" + block[:100].partition(b"\0")[0], "name")
-        if magic not in (_USTAR_MAGIC, _GNU_MAGIC):
-            raise self.fail("a header that is neither ustar nor GNU tar")
-        if magic == _GNU_MAGIC and block[345:500] != _ZERO_PREFIX:  # GNU tar's atime/ctime, or a name prefix?
-            raise self.fail("a GNU header with data in the ustar prefix field")
-        return self._text(block[:100].partition(b"\0")[0], "name")
-
-    def _pax(self, body: bytes, name: str | None, size: int | None) -> tuple[str | None, int | None]:
-        for key, value in self._pax_records(body):
-            if key == "path":
-                name = self._once(name, value)
-            elif key == "size":
-                if not (value.isascii() and value.isdigit()):
-                    raise self.fail(f"a pax size {value[:20]!r} that is not a number")
-                size = self._once(size, int(value))
-            elif key not in _PAX_KEYS:
-                raise self.fail(f"a pax record {key[:40]!r}, which GPKGs never use")
-        return name, size
-
-    def _pax_records(self, body: bytes) -> Iterator[tuple[str, str]]:
-        pos = 0
-        while pos < len(body):
-            match = _PAX_RECORD.match(body, pos)
-            end = pos + int(match.group(1)) if match else 0
-            if match is None or end > len(body) or end - 1 < match.end() or body[end - 1] != 0x0A:
-                raise self.fail("a malformed pax header")
-            yield self._text(match.group(2), "pax key"), self._text(body[match.end():end - 1], "pax value")
-            pos = end
-
-    def _once(self, old: _T | None, new: _T) -> _T:
-        if old is not None:
-            raise self.fail("a member named or sized twice by long-name/pax records")
-        return new
-
-    def _text(self, raw: bytes, what: str) -> str:
-        try:
-            return raw.decode()
-        except UnicodeDecodeError:
-            raise self.fail(f"a {what} that is not UTF-8") from None
-
-
-def _header_size(name: str) -> int:
-    """What `_tar_header` takes for this name, whatever the size."""
-    length = len(name.encode())
-    return _BLOCK if length <= 100 else 2 * _BLOCK + _padded(length + 1)
-
-
-def _pad(size: int) -> bytes:
-    return bytes(-size % _BLOCK)
-
-
-def _padded(size: int) -> int:
-    return size + -size % _BLOCK
+_CHUNK = 1 << 20  # files are read, and image data made, in pieces of this size
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,7 +79,7 @@ def write_gpkg(
         raise InputError(f"build id {build_id!r} is not a positive integer")
     meta = _sim_metadata(ref, repo, build_id, metadata or {})
     stamp, basename = meta["BUILD_TIME"], f"{ref.pf}-{build_id}"
-    mtime = int(stamp) if stamp.isascii() and stamp.isdigit() and int(stamp) < _MAX_OCTAL else 0
+    mtime = int(stamp) if stamp.isascii() and stamp.isdigit() and int(stamp) < tarblock.MAX_OCTAL else 0
     zobj, head = _metadata_head(meta, mtime)
     payload = _payload_for(size, basename, len(head) + _SIZE_TAIL)
     write = functools.partial(_write_container, basename=basename, mtime=mtime,
@@ -367,7 +142,8 @@ def _metadata_tail(zobj: zlib._Compress, payload: int, mtime: int) -> bytes:
 
 
 def _tar_body(files: list[tuple[str, bytes]], mtime: int) -> bytes:
-    return b"".join(_tar_header(name, len(data), mtime) + data + _pad(len(data)) for name, data in files)
+    return b"".join(tarblock.tar_header(name, len(data), mtime) + data + tarblock.pad(len(data))
+                    for name, data in files)
 
 
 @functools.lru_cache(maxsize=64)
@@ -379,7 +155,7 @@ def _environment_bz2(eapi: str, slot: str) -> bytes:
 def _payload_for(size: int, basename: str, metadata_size: int) -> int:
     """Image bytes that bring the file to about `size`: random data does not compress."""
     manifest = 3 * (300 + len(str(size)))  # three DATA lines of two 128-hex digests
-    fixed = 4 * _BLOCK + _padded(metadata_size) + _padded(manifest) + 1024
+    fixed = 4 * tarblock.BLOCK + tarblock.padded(metadata_size) + tarblock.padded(manifest) + 1024
     image_overhead = 600 + size // 800  # compressed tar headers + deflate block framing (~0.125%)
     return max(0, size - fixed - image_overhead - len(basename))
 
@@ -387,12 +163,12 @@ def _payload_for(size: int, basename: str, metadata_size: int) -> int:
 def _image_chunks(ref: PackageRef, payload: int, seed: int, mtime: int) -> Iterator[bytes]:
     """image.tar as Portage lays it out (image/ + the installed tree), one file of `payload` bytes."""
     for name in ("image/", "image/usr/", "image/usr/share/", f"image/usr/share/{ref.pn}/"):
-        yield _tar_header(name, 0, mtime, _DIRTYPE)
-    yield _tar_header(f"image/usr/share/{ref.pn}/{ref.pf}.bin", payload, mtime)
+        yield tarblock.tar_header(name, 0, mtime, tarblock.DIRTYPE)
+    yield tarblock.tar_header(f"image/usr/share/{ref.pn}/{ref.pf}.bin", payload, mtime)
     rng = random.Random(f"{ref.cpv}#{seed}")
     for offset in range(0, payload, _CHUNK):
         yield rng.randbytes(min(_CHUNK, payload - offset))
-    yield _pad(payload) + bytes(1024)
+    yield tarblock.pad(payload) + bytes(1024)
 
 
 def _gzip_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
@@ -418,7 +194,7 @@ def _write_container(out: BinaryIO, basename: str, mtime: int, metadata: bytes, 
 def _add_member(out: BinaryIO, basename: str, name: str, chunks: Iterable[bytes], mtime: int) -> str:
     """Append one member; returns its Manifest line (size + the hashes Portage records)."""
     start, member = out.tell(), f"{basename}/{name}"
-    out.write(bytes(_header_size(member)))
+    out.write(bytes(tarblock.header_size(member)))
     hashes = [hashlib.new(algo.lower()) for algo in _HASHES]
     size = 0
     for chunk in chunks:
@@ -426,10 +202,10 @@ def _add_member(out: BinaryIO, basename: str, name: str, chunks: Iterable[bytes]
         size += len(chunk)
         for digest in hashes:
             digest.update(chunk)
-    out.write(_pad(size))
+    out.write(tarblock.pad(size))
     end = out.tell()
     out.seek(start)
-    out.write(_tar_header(member, size, mtime))
+    out.write(tarblock.tar_header(member, size, mtime))
     out.seek(end)
     sums = " ".join(f"{algo} {digest.hexdigest()}" for algo, digest in zip(_HASHES, hashes, strict=True))
     return f"DATA {name} {size} {sums}\n"
@@ -608,7 +384,8 @@ def _scan_file(raw: BinaryIO, size: int, label: str) -> tuple[_Scan, list[str]]:
 
 def _scan_container(source: _Source, digests: _Digests, label: str) -> _Scan:
     scan = _Scan()
-    tar = _TarReader(source.read, f"{label}: not a readable GPKG tar archive", "rebuild and resend the package")
+    tar = tarblock.TarReader(source.read, f"{label}: not a readable GPKG tar archive",
+                             "rebuild and resend the package")
     while (member := tar.next()) is not None:
         _check_member(member, scan, label)
         base = member.name.partition("/")[2]
@@ -622,7 +399,7 @@ def _scan_container(source: _Source, digests: _Digests, label: str) -> _Scan:
     return scan
 
 
-def _check_member(member: _Member, scan: _Scan, label: str) -> None:
+def _check_member(member: tarblock.Member, scan: _Scan, label: str) -> None:
     """GLEP 78 outer layout: regular files only, all in one top directory, gpkg-1 first; the
     members read into memory are bounded."""
     name = member.name
@@ -634,7 +411,7 @@ def _check_member(member: _Member, scan: _Scan, label: str) -> None:
     problems = (
         (name.startswith("/") or ".." in name.split("/"), "an absolute or '..' path"),
         (top != scan.top or "/" in base, f"outside the single top directory {scan.top!r}"),
-        (member.kind not in _REGULAR, "not a regular file (link, device or dir)"),
+        (member.kind not in tarblock.REGULAR, "not a regular file (link, device or dir)"),
         (not _MEMBER.fullmatch(base), "not a GPKG member name"),
         (base in scan.members, "a duplicate"),
     )
@@ -651,7 +428,8 @@ def _keeps(base: str) -> bool:
     return base == "Manifest" or (base.startswith("metadata.tar") and not base.endswith(".sig"))
 
 
-def _read_member(source: _Source, tar: _TarReader, member: _Member, digests: _Digests) -> tuple[_Digest, bytes | None]:
+def _read_member(source: _Source, tar: tarblock.TarReader, member: tarblock.Member,
+                 digests: _Digests) -> tuple[_Digest, bytes | None]:
     keep = _keeps(member.name.partition("/")[2])
     hashes = tuple(hashlib.new(_CHECKABLE[algo]) for algo in _STREAMED)
     offset, got, kept = source.offset, 0, []
@@ -748,11 +526,11 @@ def _parse_metadata(base: str, data: bytes, label: str) -> dict[str, str]:
     """Text keys of metadata.tar.* (files such as environment.bz2 are skipped), normalised the
     way binarytree reads them (whitespace collapsed)."""
     inner = io.BytesIO(_decompress(base, data, label))
-    tar = _TarReader(inner.read, f"{label}: {base} is not a readable tar", "rebuild the package")
+    tar = tarblock.TarReader(inner.read, f"{label}: {base} is not a readable tar", "rebuild the package")
     meta: dict[str, str] = {}
     while (member := tar.next()) is not None:
         key = member.name.removeprefix("metadata/")
-        if member.kind not in _REGULAR or key == member.name or not key or "/" in key:
+        if member.kind not in tarblock.REGULAR or key == member.name or not key or "/" in key:
             raise ArtifactError(f"{label}: metadata member {member.name!r} is not a metadata/ file")
         value = tar.body(member)
         if "." not in key:
@@ -853,14 +631,15 @@ def read_gpkg_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
 def _find_metadata(file: BinaryIO, label: str) -> tuple[str, bytes]:
     """Headers only: the members before metadata.tar.* are seeked over, never read."""
     end = os.fstat(file.fileno()).st_size
-    tar = _TarReader(file.read, f"{label}: not a readable GPKG tar archive", "discard this copy and fetch it again")
+    tar = tarblock.TarReader(file.read, f"{label}: not a readable GPKG tar archive",
+                             "discard this copy and fetch it again")
     while (member := tar.next()) is not None:
         base = member.name.partition("/")[2]
-        if member.kind not in _REGULAR or file.tell() + member.size > end:
+        if member.kind not in tarblock.REGULAR or file.tell() + member.size > end:
             raise tar.fail(f"member {member.name!r} is not a regular file, or runs past the end of the file")
         if _keeps(base) and base != "Manifest":
             if member.size > _MAX_METADATA:
                 raise ArtifactError(f"{label}: {base} is over {_MAX_METADATA} bytes")
             return base, tar.body(member)
-        file.seek(_padded(member.size), os.SEEK_CUR)
+        file.seek(tarblock.padded(member.size), os.SEEK_CUR)
     raise ArtifactError(f"{label}: no metadata.tar member")
