@@ -1,9 +1,10 @@
-"""Shared test helpers: one way to wait, one way to find a free port."""
+"""Shared test helpers: one way to wait, one way to find a free port, shared fixtures."""
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -25,6 +26,30 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def package(tmp_path: Path) -> Path:
+    """A real GPKG with USE-conditional dependencies, for the format and index tests."""
+    from swarmmesh.gpkg import write_gpkg
+
+    path = tmp_path / "my-theme-1.0-1.gpkg.tar"
+    write_gpkg(path, "x11-themes/my-theme-1.0", size=20_000, repo="localrepo", build_id=1, seed=3,
+               metadata={"BUILD_TIME": "1700000000", "USE": "gtk",
+                         "RDEPEND": "gtk? ( x11-libs/gtk+ ) dev-libs/a"})
+    return path
+
+
+@pytest.fixture
+def holder(tmp_path):
+    """o1: holds files and serves them over a real binhost (fetch and replication tests)."""
+    from swarmmesh.binhost import Binhost
+    from tests.test_binhost import FakeNode
+
+    node = FakeNode("o1", tmp_path / "o1")
+    host = Binhost(node, host="127.0.0.1", port=0)
+    yield node, host
+    host.close()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -7,20 +7,10 @@ import hashlib
 import pytest
 
 from swarmmesh import binhost
-from swarmmesh.binhost import Binhost
 from swarmmesh.errors import ArtifactError
 from swarmmesh.fetch import FetchError, Source, fetch, fetch_bundle, fetch_from, small
 from tests.conftest import free_port
 from tests.test_binhost import FakeNode, store_gpkg
-
-
-@pytest.fixture
-def holder(tmp_path):
-    """o1: holds files and serves them over a real binhost."""
-    node = FakeNode("o1", tmp_path / "o1")
-    host = Binhost(node, host="127.0.0.1", port=0)
-    yield node, host
-    host.close()
 
 
 def test_fetch_from_checks_sha256_and_size_and_leaves_no_temp_file(holder, tmp_path):

@@ -225,15 +225,6 @@ def test_parse_packages_needs_a_non_empty_list(items: object) -> None:
 # --------------------------------------------------------------------------------------------- index entries
 
 
-@pytest.fixture
-def package(tmp_path: Path) -> Path:
-    path = tmp_path / "my-theme-1.0-1.gpkg.tar"
-    write_gpkg(path, "x11-themes/my-theme-1.0", size=20_000, repo="localrepo", build_id=1, seed=3,
-               metadata={"BUILD_TIME": "1700000000", "USE": "gtk",
-                         "RDEPEND": "gtk? ( x11-libs/gtk+ ) dev-libs/a"})
-    return path
-
-
 def test_index_entry_of_a_written_package(package: Path) -> None:
     info = inspect_gpkg(package)
     entry = packages_index_entry(info, gpkg_relpath(info.cpv), 1700000001)

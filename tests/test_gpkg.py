@@ -27,15 +27,6 @@ from swarmmesh.gpkg import inspect_gpkg, write_gpkg
 # --------------------------------------------------------------------------------------------- GPKG
 
 
-@pytest.fixture
-def package(tmp_path: Path) -> Path:
-    path = tmp_path / "my-theme-1.0-1.gpkg.tar"
-    write_gpkg(path, "x11-themes/my-theme-1.0", size=20_000, repo="localrepo", build_id=1, seed=3,
-               metadata={"BUILD_TIME": "1700000000", "USE": "gtk",
-                         "RDEPEND": "gtk? ( x11-libs/gtk+ ) dev-libs/a"})
-    return path
-
-
 def test_round_trip(package: Path) -> None:
     info = inspect_gpkg(package, expect_cpv="x11-themes/my-theme-1.0")
     data = package.read_bytes()

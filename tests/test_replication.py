@@ -10,7 +10,6 @@ import time
 import pytest
 
 from swarmmesh import replication
-from swarmmesh.binhost import Binhost
 from swarmmesh.config import OrchestratorAddr
 from swarmmesh.queue import NEEDED
 from swarmmesh.replication import Replicator, scan_store, verify
@@ -20,15 +19,6 @@ from tests.test_binhost import FakeNode, receive, store_gpkg
 
 def addr(name: str, port: int) -> OrchestratorAddr:
     return OrchestratorAddr(name, "127.0.0.1", 1, 2, 3, 4, port)
-
-
-@pytest.fixture
-def holder(tmp_path):
-    """o1: holds files and serves them over a real binhost."""
-    node = FakeNode("o1", tmp_path / "o1")
-    host = Binhost(node, host="127.0.0.1", port=0)
-    yield node, host
-    host.close()
 
 
 @pytest.fixture
