@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 
 TICK = 0.1
 EVENT_PERIOD = 0.5
-COMMIT_TIMEOUT = 10.0
 MAX_BATCH = 500  # commands per log entry: bounds one entry's size and apply time
 MAX_HOLD = 0.005  # seconds a command may wait for the entry before it to commit (group commit)
 

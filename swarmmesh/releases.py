@@ -245,7 +245,6 @@ class Feed:
 
     packages: bytes = b""
     paths: dict[str, str] = field(default_factory=dict)  # PATH -> sha256
-    keys: tuple = ()  # unused since the feed is followed incrementally; kept for positional callers
 
 
 class ReceivedView:

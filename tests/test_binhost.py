@@ -192,7 +192,7 @@ def test_staging_feed_store_and_release_endpoints(served):
     node, host = served
     info = store_gpkg(node, "app-misc/s-1.0")
     path = gentoo.gpkg_relpath(info.cpv, 1)
-    node.releases.staging = releases.Feed(b"staging index\n", {path: info.sha256}, ())
+    node.releases.staging = releases.Feed(b"staging index\n", {path: info.sha256})
     assert get(host, "/staging/Packages")[2] == b"staging index\n"
     status, _, body = get(host, "/staging/" + path)
     assert status == 200 and hashlib.sha256(body).hexdigest() == info.sha256
