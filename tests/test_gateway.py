@@ -156,7 +156,7 @@ def nodes():
         s.stopping.set()
     for s in standins:
         s.join(5)
-    ctx.term()
+    ctx.destroy(linger=0)  # never hang the run in zmq_ctx_term on a socket left open
 
 
 @pytest.fixture

@@ -171,9 +171,7 @@ class BadDrone:
                                                chunks=len(pieces))))
 
     def close(self) -> None:
-        self.dealer.close(0)
-        self.push.close(0)
-        self.ctx.term()
+        self.ctx.destroy(linger=0)  # closes the dealer and the push socket too
 
 
 @pytest.fixture
