@@ -81,14 +81,13 @@ class Store:
         path = self.tmp / f"{uuid.uuid4().hex}.part"
         return path, open(path, "xb")  # noqa: SIM115 - closed by the Upload that owns it
 
-    def put(self, tmp: Path, sha256: str, *, sync_dir: bool = True) -> Path:
-        """Move a verified temp file into place (atomic rename; the directory fsynced unless the
-        caller can lose the file to a power loss and fetch it again)."""
+    def put(self, tmp: Path, sha256: str) -> Path:
+        """Move a verified temp file into place (atomic rename). Not synced: a file that must
+        survive a power loss before it is committed waits for the Receiver's SyncBarrier; a
+        fetched copy is repaired by the start-up size check and the scrubber instead."""
         dest = self.path(sha256)
         dest.parent.mkdir(exist_ok=True)
         os.replace(tmp, dest)
-        if sync_dir:
-            fsync_dir(dest.parent)
         return dest
 
 
@@ -110,6 +109,15 @@ class SyncBarrier:
 
     def after(self, fn: Callable[[OSError | None], None]) -> None:
         self._queue.put(fn)
+
+    def wait(self, timeout: float = 60.0) -> None:
+        """Block until everything written before the call is on disk (for callers that may wait)."""
+        done, errors = threading.Event(), []
+        self.after(lambda error: (errors.append(error), done.set()))
+        if not done.wait(timeout):
+            raise OSError(f"the store did not sync within {timeout:g} s")
+        if errors[0] is not None:
+            raise errors[0]
 
     def close(self) -> None:
         self._queue.put(None)
@@ -231,7 +239,7 @@ class Receiver(Component):
         self._pool = ThreadPoolExecutor(FINISH_WORKERS, thread_name_prefix="receive")
         self._validating = 0
         self._writer = _Writer(WRITE_BACKLOG, resume=lambda: node.post(self._resume))
-        self._durable = SyncBarrier(self.store.root)
+        self.durable = SyncBarrier(self.store.root)  # incoming.py makes its files durable here too
         self._poller: zmq.Poller | None = None
         self._paused = False
 
@@ -274,7 +282,7 @@ class Receiver(Component):
         self._drop_all("shutting down")
         self._writer.close()
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self._durable.close()
+        self.durable.close()
         self.pull.close(0)
 
     # --- frames --------------------------------------------------------------------------
@@ -335,7 +343,7 @@ class Receiver(Component):
             reason = f"{TransferError.PREFIX}cannot store it: {exc}"
             self._post_verdict(functools.partial(self._reject, identity, tr, reason))
         else:  # `received` only once the file and its rename are on disk
-            self._durable.after(functools.partial(self._durable_verdict, identity, tr, info))
+            self.durable.after(functools.partial(self._durable_verdict, identity, tr, info))
 
     def _durable_verdict(self, identity: bytes, tr: protocol.Trailer, info: gpkg.GpkgInfo,
                          error: OSError | None) -> None:
@@ -364,7 +372,7 @@ class Receiver(Component):
             path = up.to_file()
             _check_transfer(up, tr)
             info = _inspect(path, tr, cpv)
-            self.store.put(path, info.sha256, sync_dir=False)  # made durable by self._durable, in groups
+            self.store.put(path, info.sha256)  # made durable by self.durable, in groups
             self.node.releases.entries.record(info)  # parsed in full just now: no second read
             return info
         except BaseException:
@@ -372,9 +380,7 @@ class Receiver(Component):
             raise
 
     def _commit(self, identity: bytes, tr: protocol.Trailer, info: gpkg.GpkgInfo) -> None:
-        result = {"sha256": info.sha256, "size": info.size, "md5": info.md5, "sha1": info.sha1,
-                  "build_id": info.build_id or 1, "path": gentoo.gpkg_relpath(info.cpv, info.build_id or 1),
-                  "holders": [self.node.name]}
+        result = received_result(info, self.node.name)
 
         def then(res: Any, err: str | None) -> None:
             if err is not None:
@@ -410,6 +416,13 @@ class Receiver(Component):
         if self.uploads:
             log.info("dropped %d partial upload(s): %s", len(self.uploads), why)
         self.uploads.clear()
+
+
+def received_result(info: gpkg.GpkgInfo, holder: str) -> dict:
+    """What `complete` records of a stored, validated GPKG (uploaded or dropped into incoming/)."""
+    build_id = info.build_id or 1
+    return {"sha256": info.sha256, "size": info.size, "md5": info.md5, "sha1": info.sha1, "build_id": build_id,
+            "path": gentoo.gpkg_relpath(info.cpv, build_id), "holders": [holder]}
 
 
 class _Writer:

@@ -4,8 +4,8 @@ Small files travel many to a request (`POST /store`, see binhost.py): a follower
 on thousands of small packages would otherwise pay a request, a connection and a directory
 fsync per file. Big files stream one per request (`GET /store/<sha256>`). Either way a file
 lands in a temp file of the store, its size and sha256 are checked, and only then is it
-renamed into place; a fetched file's directory is not fsynced (see replication.py: a power
-loss is repaired by the start-up size check and the scrubber).
+renamed into place, unsynced (see replication.py: a power loss is repaired by the start-up
+size check and the scrubber).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def fetch_from(store: Store, sha256: str, size: int | None, host: str, port: int
                 raise ArtifactError(f"got {got} bytes, the log says {size}")
             if digest != sha256:
                 raise ArtifactError(f"sha256 mismatch (got {digest[:12]}): its copy is corrupt")
-            store.put(tmp, sha256, sync_dir=False)
+            store.put(tmp, sha256)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -137,7 +137,7 @@ def _bundled(store: Store, resp: http.client.HTTPResponse, sha: str, size: int, 
     try:
         with fh:
             fh.write(data)
-        store.put(tmp, sha, sync_dir=False)
+        store.put(tmp, sha)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from swarmmesh import gentoo, gpkg
+from swarmmesh import gpkg
+from swarmmesh.artifacts import received_result
 from swarmmesh.component import Component
 from swarmmesh.errors import ArtifactError
 from swarmmesh.queue import DELEGATED, NEEDED
@@ -141,6 +142,7 @@ class Incoming(Component):
             info = gpkg.inspect_gpkg(staged)
             key, drone = self._package_for(info)
             store.put(staged, info.sha256)
+            self.node.receiver.durable.wait()  # data and rename on disk before `received`, as for uploads
             self.node.releases.entries.record(info)  # parsed in full just now: no second read
             return key, drone, info
         except BaseException:
@@ -169,9 +171,7 @@ class Incoming(Component):
         if taken is None:
             return
         key, drone, info = taken
-        build_id = info.build_id or 1
-        result = {"sha256": info.sha256, "size": info.size, "md5": info.md5, "sha1": info.sha1,
-                  "build_id": build_id, "path": gentoo.gpkg_relpath(info.cpv, build_id), "holders": [self.node.name]}
+        result = received_result(info, self.node.name)
 
         def then(res: Any, err: str | None) -> None:
             if err is None and res.get("ok"):

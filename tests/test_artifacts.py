@@ -141,3 +141,19 @@ def test_a_failed_sync_is_reported_to_every_caller(tmp_path, monkeypatch):
     barrier.after(got.append)
     barrier.close()
     assert len(got) == 1 and isinstance(got[0], OSError)
+
+
+def test_wait_returns_once_synced_and_raises_what_the_sync_raised(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(artifacts, "_syncfs", calls.append)
+    barrier = artifacts.SyncBarrier(tmp_path)
+    barrier.wait()
+    assert len(calls) == 1
+
+    def broken(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(artifacts, "_syncfs", broken)
+    with pytest.raises(OSError, match="Input/output"):
+        barrier.wait()
+    barrier.close()

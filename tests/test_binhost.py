@@ -37,7 +37,8 @@ class FakeNode:
         self.queue = BuildQueue()
         self.lock = threading.RLock()
         self.election = SimpleNamespace(read=self.read, indexes=lambda: (1, 1))
-        self.receiver = SimpleNamespace(store=Store(data_dir / "store"))
+        # durability itself is artifacts.SyncBarrier's, tested in test_artifacts.py
+        self.receiver = SimpleNamespace(store=Store(data_dir / "store"), durable=SimpleNamespace(wait=lambda: None))
         self.releases = SimpleNamespace(serving=None, staging=releases.Feed(), relinked=[],
                                         entries=Entries(data_dir / "entries"))
         self.releases.relink = self.releases.relinked.append
