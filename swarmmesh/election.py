@@ -239,12 +239,7 @@ class Election:
     # --- committing --------------------------------------------------------------------
     def commit(self, command: str, *args: Any, done: Done | None = None) -> None:
         """Replicate `command(*args)`; `done(result, error)` runs on the Raft thread."""
-
-        def callback(result: Any, err: int) -> None:
-            if done is not None:
-                done(result, None if err == FAIL_REASON.SUCCESS else _FAIL_TEXT.get(err, f"failed ({err})"))
-
-        getattr(self.state, command)(*args, callback=callback)
+        self.commit_many([(command, args, done)])
 
     def commit_many(self, commands: list[tuple[str, tuple, Done | None]],
                     landed: Callable[[], None] | None = None) -> None:
