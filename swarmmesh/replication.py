@@ -1,9 +1,10 @@
 """Replication: every orchestrator stores every received artifact, and the log says who holds what.
 
 Why pull, over the binhost's HTTP: the leader only has to write each file once; each follower
-fetches what it lacks from any holder (`GET /store/<sha256>`, sendfile on the server, TCP
-flow control, 1 MiB reads into a temp file, sha256 checked before the rename), at its own
-pace, and a new leader uses the same path to fill its gaps after a failover. A stored file
+fetches what it lacks from any holder (fetch.py: small files many to a request, `POST /store`;
+big ones streamed with `GET /store/<sha256>`, sendfile on the server, TCP flow control; sha256
+checked before the rename), at its own pace, and a new leader uses the same path to fill its
+gaps after a failover. A stored file
 counts only once `hold` is committed, so "received" always means "on the holders the log
 names".
 
