@@ -11,6 +11,7 @@ rename, by a filesystem sync that concurrent uploads share: `SyncBarrier`); only
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -22,7 +23,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,19 @@ class Store:
     def temp_file(self) -> tuple[Path, BinaryIO]:
         path = self.tmp / f"{uuid.uuid4().hex}.part"
         return path, open(path, "xb")  # noqa: SIM115 - closed by the Upload that owns it
+
+    @contextlib.contextmanager
+    def writing(self, sha256: str) -> Iterator[BinaryIO]:
+        """A temp file that becomes the store's copy of `sha256` when the block ends normally
+        (check the bytes inside the block) and disappears when it raises."""
+        tmp, fh = self.temp_file()
+        try:
+            with fh:
+                yield fh
+            self.put(tmp, sha256)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def put(self, tmp: Path, sha256: str) -> Path:
         """Move a verified temp file into place (atomic rename). Not synced: a file that must

@@ -61,18 +61,12 @@ def fetch_from(store: Store, sha256: str, size: int | None, host: str, port: int
         resp = conn.getresponse()
         if resp.status != 200:
             raise ArtifactError(f"HTTP {resp.status}")
-        tmp, fh = store.temp_file()
-        try:
-            with fh:
-                digest, got = _copy(resp, fh, size, stop)
+        with store.writing(sha256) as fh:
+            digest, got = _copy(resp, fh, size, stop)
             if size is not None and got != size:
                 raise ArtifactError(f"got {got} bytes, the log says {size}")
             if digest != sha256:
                 raise ArtifactError(f"sha256 mismatch (got {digest[:12]}): its copy is corrupt")
-            store.put(tmp, sha256)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
     finally:
         conn.close()
 
@@ -133,12 +127,6 @@ def _bundled(store: Store, resp: http.client.HTTPResponse, sha: str, size: int, 
         raise ArtifactError(f"{src.name}: the bundle ended early")
     if hashlib.sha256(data).hexdigest() != sha:
         return ArtifactError(f"{src.name}: sha256 mismatch: its copy is corrupt")
-    tmp, fh = store.temp_file()
-    try:
-        with fh:
-            fh.write(data)
-        store.put(tmp, sha)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with store.writing(sha) as fh:
+        fh.write(data)
     return src.name

@@ -94,7 +94,6 @@ class Orchestrator:
             batch, self._outgoing = self._outgoing[:MAX_BATCH], self._outgoing[MAX_BATCH:]
             self._in_flight += 1
             self.election.commit_many(batch, landed=lambda: self.inbox.post(self._landed))
-        self._held_since = now
 
     def _landed(self) -> None:
         self._in_flight -= 1
