@@ -440,7 +440,11 @@ class BuildQueue:
 
     def artifacts(self) -> dict[str, dict]:
         """Every file each orchestrator should store, by sha256: the received packages' (with
-        their key) and the newest release's; each with its size and current holders."""
+        their key) and the newest release's; each with its size and current holders.
+
+        Computed from the packages themselves, not from the `_by_sha` index that `artifact`
+        uses: garbage collection and full rescans rely on it, so it must not inherit a bug of
+        the incremental bookkeeping (tests compare the two)."""
         wanted: dict[str, dict] = {}
         for pkg in self._packages.values():
             sha = (pkg.result or {}).get("sha256") if pkg.state == RECEIVED else None
