@@ -51,10 +51,12 @@ def test_failover_catch_up_and_power_loss(make_cluster, tmp_path):
     wait_until(lambda: _fingerprints_equal(c, c.orchestrators, fingerprint), 20, what="the restarted node to catch up")
 
     # Power loss: SIGKILL all three, restart, and the queue is the same.
+    term_before = c.api.status()["term"]
     for name in c.orchestrators:
         c.kill(name)
     c.up(*c.orchestrators)
-    c.leader(timeout=20)
+    # the gateway still remembers the old leader for a moment: wait for one elected after the restart
+    wait_until(lambda: (c.api.status()["term"] or 0) > term_before, 20, what="a leader elected after the restart")
     after = c.api.swarm()
     wait_until(c.converged, 20, what="every node to agree after the restart")
     assert after["counts"]["total"] == N + 1
