@@ -1,4 +1,5 @@
-"""Builders turn one CPV into one GPKG file inside a job's own work directory.
+"""Builders turn one CPV into one GPKG: a file inside the job's own work directory, or, for a
+small simulated package, bytes held in memory.
 
 Both builders share one small interface so a drone can run either, and tests and the demo can
 run the whole cluster without Portage. A builder never raises for a failed build: failure is
@@ -38,6 +39,8 @@ TAIL_BYTES = 256 * 1024
 #: environment into every package it builds: the drone's config path or secrets must not leak.
 PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 SIMULATED_ARTIFACT = "artifact.gpkg.tar"
+#: Simulated artifacts up to this size (one upload chunk) are made in memory, with no work dir.
+MEMORY_MAX = 1 << 20
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # Portage colours eerror lines even with --color=n
 _REPO = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*\Z")
@@ -45,18 +48,22 @@ _REPO = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*\Z")
 
 @dataclass(frozen=True)
 class BuildResult:
-    """One build's outcome; `path` is the GPKG produced, inside the job's work directory."""
+    """One build's outcome: the GPKG produced is `path`, inside the job's work directory, or
+    `data` when the builder made it in memory."""
 
     ok: bool
     path: Path | None
     error: str
     seconds: float
+    data: bytes | None = None
 
 
 class Builder(Protocol):
     name: str
+    #: False when builds need no directory of their own (the drone then makes none).
+    needs_workdir: bool
 
-    def build(self, cpv: str, repo: str | None, workdir: Path, cancel: threading.Event) -> BuildResult:
+    def build(self, cpv: str, repo: str | None, workdir: Path | None, cancel: threading.Event) -> BuildResult:
         """Build `cpv` into `workdir`; return early (not ok) once `cancel` is set."""
 
 
@@ -95,6 +102,10 @@ class SimulatedBuilder:
     def __init__(self, config: cfg.SimulatedBuilder) -> None:
         self.config = config
 
+    @property
+    def needs_workdir(self) -> bool:
+        return self.config.artifact_size > MEMORY_MAX
+
     def plan(self, cpv: str) -> tuple[float, bool]:
         """(duration, fails) for a CPV; the same for every drone when a seed is set, so a
         failing package fails everywhere, as a real broken ebuild would."""
@@ -102,24 +113,27 @@ class SimulatedBuilder:
         rng = random.Random(f"{c.seed}:{cpv}") if c.seed is not None else random.Random()
         return rng.uniform(c.min_seconds, c.max_seconds), rng.random() < c.failure_rate
 
-    def build(self, cpv: str, repo: str | None, workdir: Path, cancel: threading.Event) -> BuildResult:
+    def build(self, cpv: str, repo: str | None, workdir: Path | None, cancel: threading.Event) -> BuildResult:
+        """Into `workdir` when one is given, else in memory."""
         start = time.monotonic()
         duration, fails = self.plan(cpv)
         if (duration > 0 and cancel.wait(duration)) or cancel.is_set():
             return _result(start, error="cancelled")
         if fails:
             return _result(start, error=f"simulated failure of {cpv}")
-        path = workdir / SIMULATED_ARTIFACT
+        options = {"size": self.config.artifact_size, "repo": repo or "gentoo", "seed": self.config.seed or 0}
         try:
-            gpkg.write_gpkg(path, cpv, size=self.config.artifact_size, repo=repo or "gentoo",
-                              seed=self.config.seed or 0)
+            if workdir is None:
+                return _result(start, data=gpkg.gpkg_bytes(cpv, **options))
+            gpkg.write_gpkg(workdir / SIMULATED_ARTIFACT, cpv, **options)
         except (OSError, InputError) as exc:
             return _result(start, error=f"simulated build of {cpv} could not write its GPKG: {exc}")
-        return _result(start, path=path)
+        return _result(start, path=workdir / SIMULATED_ARTIFACT)
 
 
-def _result(start: float, path: Path | None = None, error: str = "") -> BuildResult:
-    return BuildResult(ok=path is not None, path=path, error=error, seconds=time.monotonic() - start)
+def _result(start: float, path: Path | None = None, error: str = "", data: bytes | None = None) -> BuildResult:
+    return BuildResult(ok=path is not None or data is not None, path=path, error=error,
+                       seconds=time.monotonic() - start, data=data)
 
 
 # --- emerge --------------------------------------------------------------------------------------
@@ -130,6 +144,7 @@ class EmergeBuilder:
     GPKG is found without guessing and a cancel kills every process the build started."""
 
     name = "emerge"
+    needs_workdir = True
 
     def __init__(self, config: cfg.EmergeBuilder) -> None:
         self.config = config
@@ -143,13 +158,15 @@ class EmergeBuilder:
         base = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
         return {**base, **self.config.env, "PKGDIR": str(pkgdir)}
 
-    def build(self, cpv: str, repo: str | None, workdir: Path, cancel: threading.Event) -> BuildResult:
+    def build(self, cpv: str, repo: str | None, workdir: Path | None, cancel: threading.Event) -> BuildResult:
         start = time.monotonic()
         try:
             split_cpv(cpv)
             check_repo(repo)
         except InputError as exc:
             return _result(start, error=str(exc))
+        if workdir is None:
+            return _result(start, error="the emerge builder was given no work directory (a drone bug)")
         if cancel.is_set():
             return _result(start, error="cancelled")
         pkgdir, log_path = workdir / "pkgdir", workdir / "build.log"

@@ -1,8 +1,9 @@
 """A drone: follows the leader, builds what it is given, streams the results back.
 
 One thread owns the DEALER and SUB sockets and every piece of job state (`step()` is one
-iteration of its loop, so tests drive it directly). Builds run in worker threads and the
-upload runs in one thread with its own PUSH socket; both only post results back to the loop
+iteration of its loop, so tests drive it directly). Builds run on a pool of one thread per
+slot (a thread started per job cost more than a zero-second simulated build) and the upload
+runs in one thread with its own PUSH socket; both only post results back to the loop
 (zmq sockets are not thread-safe). Nothing a drone reports is assumed delivered: an artifact
 file is deleted only after `Stored`, a failure is repeated until `Ack`, and both are sent
 again to whichever leader comes next.
@@ -21,7 +22,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from typing import Any
 import zmq
 
 from swarmmesh import protocol, transport
-from swarmmesh.builders import Builder, BuildResult, check_repo, make_builder, split_cpv
+from swarmmesh.builders import SIMULATED_ARTIFACT, Builder, BuildResult, check_repo, make_builder, split_cpv
 from swarmmesh.config import NodeConfig
 from swarmmesh.errors import InputError, ProtocolError
 from swarmmesh.protocol import Bye, Heartbeat, Hello, Job, JobFailed, LeaderInfo, Welcome
@@ -60,9 +61,10 @@ class _Job:
     workdir: Path | None
     started: float
     cancel: threading.Event = field(default_factory=threading.Event)
-    thread: threading.Thread | None = None
+    finished: threading.Event | None = None  # set once its build returned; None: never started
     state: str = BUILDING
     path: Path | None = None
+    data: bytes | None = None  # the artifact, when the builder made it in memory
     error: str = ""
     rejections: int = 0
     upload_id: str = ""
@@ -78,10 +80,20 @@ class _Job:
 class _Upload:
     key: str
     term: int
-    path: Path
+    path: Path | None
+    data: bytes | None
     upload_id: str
     generation: int
     cancel: threading.Event
+
+    def chunks(self) -> Iterator[bytes]:
+        if self.data is not None:
+            yield from (self.data[i:i + protocol.CHUNK_SIZE] for i in range(0, len(self.data), protocol.CHUNK_SIZE))
+            return
+        assert self.path is not None
+        with open(self.path, "rb") as f:
+            while chunk := f.read(protocol.CHUNK_SIZE):
+                yield chunk
 
 
 class Uploader:
@@ -150,20 +162,19 @@ class Uploader:
     def _send(self, sock: zmq.Socket, task: _Upload) -> tuple[str, str]:
         digest, size, seq = hashlib.sha256(), 0, 0
         try:
-            with open(task.path, "rb") as f:
-                while chunk := f.read(protocol.CHUNK_SIZE):
-                    if not self._live(task):
-                        return "aborted", ""
-                    sock.send(protocol.encode(protocol.Chunk(upload=task.upload_id, seq=seq, data=chunk)))
-                    digest.update(chunk)
-                    size, seq = size + len(chunk), seq + 1
+            for chunk in task.chunks():
+                if not self._live(task):
+                    return "aborted", ""
+                sock.send(protocol.encode(protocol.Chunk(upload=task.upload_id, seq=seq, data=chunk)))
+                digest.update(chunk)
+                size, seq = size + len(chunk), seq + 1
             sock.send(protocol.encode(protocol.Trailer(upload=task.upload_id, drone=self.drone, key=task.key,
                                               term=task.term, size=size, sha256=digest.hexdigest(),
                                               chunks=seq)))
         except zmq.Again:
             return "stalled", f"the leader took no data for {SEND_TIMEOUT_MS / 1000:g} s"
         except OSError as exc:
-            return "error", f"cannot read {task.path.name}: {exc.strerror or exc}"
+            return "error", f"cannot read {task.path and task.path.name}: {exc.strerror or exc}"
         return "sent", f"{size} bytes"
 
 
@@ -193,6 +204,7 @@ class Drone:
         self.poller.register(self.sub, zmq.POLLIN)
         self.poller.register(self.inbox.fd, zmq.POLLIN)
         self.uploader = Uploader(self.ctx, self.name, self._upload_report)
+        self._pool = _BuildPool(self.dc.slots, self.name)
         self._orchestrators = itertools.cycle(config.orchestrators)
         self.latest: LeaderInfo | None = None
         self._latest_at = 0.0
@@ -382,12 +394,13 @@ class Drone:
         try:
             split_cpv(msg.cpv)
             check_repo(msg.repo)
-            job.workdir = self._make_workdir(msg.key)
+            if getattr(self.builder, "needs_workdir", True):
+                job.workdir = self._make_workdir(msg.key)
         except (InputError, OSError) as exc:
             self._fail(job, f"cannot start the build: {exc}")
             return
-        job.thread = threading.Thread(target=self._build, args=(job,), name=f"build-{msg.key}", daemon=True)
-        job.thread.start()
+        job.finished = threading.Event()
+        self._pool.submit(lambda: self._build(job))
         log.debug("job %s (attempt %d, term %d) started in %s", msg.key, msg.attempt, msg.term, job.workdir)
 
     def _make_workdir(self, key: str) -> Path:
@@ -403,20 +416,22 @@ class Drone:
 
     def _build(self, job: _Job) -> None:
         """Worker thread: run the builder; whatever happens, the loop hears about it."""
-        assert job.workdir is not None
         try:
             result = self.builder.build(job.cpv, job.repo, job.workdir, job.cancel)
         except Exception as exc:  # noqa: BLE001 - a builder bug must not lose the job
             log.exception("builder crashed on %s", job.key)
             result = BuildResult(ok=False, path=None, error=f"builder crashed: {exc!r}", seconds=0.0)
+        finally:
+            assert job.finished is not None
+            job.finished.set()
         self._post(lambda: self._on_built(job, result))
 
     def _on_built(self, job: _Job, result: BuildResult) -> None:
         if job in self.dying:
             self.dying.remove(job)
             _remove(job.workdir)
-        elif self.jobs.get(job.key) is job and result.ok and result.path is not None:
-            job.state, job.path = UPLOADING, result.path
+        elif self.jobs.get(job.key) is job and result.ok and (result.path or result.data) is not None:
+            job.state, job.path, job.data = UPLOADING, result.path, result.data
             log.debug("job %s built in %.2fs", job.key, result.seconds)
             self._report(job)
         elif self.jobs.get(job.key) is job:
@@ -453,7 +468,7 @@ class Drone:
         if job is None:
             return
         job.cancel.set()
-        if job.state == BUILDING and job.thread is not None:
+        if job.state == BUILDING and job.finished is not None:
             self.dying.append(job)  # its files go when the build has stopped writing them
         else:
             _remove(job.workdir)
@@ -474,9 +489,9 @@ class Drone:
         if job.state == FAILED:
             self._send(JobFailed(drone=self.name, key=job.key, term=job.term, error=job.error))
             job.resend_at = self.clock() + ANSWER_TIMEOUT
-        elif job.state == UPLOADING and job.path is not None:
+        elif job.state == UPLOADING and (job.path or job.data) is not None:
             job.upload_id = uuid.uuid4().hex
-            task = _Upload(job.key, job.term, job.path, job.upload_id, self._generation, job.cancel)
+            task = _Upload(job.key, job.term, job.path, job.data, job.upload_id, self._generation, job.cancel)
             self.uploader.submit(task)
 
     def _upload_report(self, key: str, upload_id: str, outcome: str, detail: str) -> None:
@@ -537,7 +552,18 @@ class Drone:
             self._bye(list(self.jobs))  # what is left goes back to the queue: no attempt lost
         for job in self.jobs.values():
             if job.state == UPLOADING:
-                log.warning("job %s: artifact kept at %s (never stored)", job.key, job.path)
+                self._keep(job)
+
+    def _keep(self, job: _Job) -> None:
+        """An artifact never stored outlives the drone: one held in memory is written out."""
+        try:
+            if job.path is None and job.data is not None:
+                job.workdir = self._make_workdir(job.key)
+                job.path = job.workdir / SIMULATED_ARTIFACT
+                job.path.write_bytes(job.data)
+            log.warning("job %s: artifact kept at %s (never stored)", job.key, job.path)
+        except OSError as exc:
+            log.error("job %s: its artifact (never stored) could not be kept: %s", job.key, exc)
 
     def _bye(self, keys: list[str]) -> None:
         self._send(Bye(drone=self.name, hand_back=keys))
@@ -562,16 +588,37 @@ class Drone:
             self._cancel(job.key, "drone closing")
         deadline = time.monotonic() + JOIN_SECONDS
         for job in self.dying:
-            if job.thread is not None:
-                job.thread.join(max(0.0, deadline - time.monotonic()))
-            if job.thread is None or not job.thread.is_alive():
+            if job.finished is None or job.finished.wait(max(0.0, deadline - time.monotonic())):
                 _remove(job.workdir)
+        self._pool.close()
         self.uploader.close()
         for sock in (self.dealer, self.sub):
             if sock is not None:
                 sock.close(0)
         self.ctx.term()
         self.inbox.close()
+
+
+class _BuildPool:
+    """One daemon thread per slot: a build that ignores its cancel cannot hold up the exit of
+    the drone (a ThreadPoolExecutor's threads are joined when the interpreter exits)."""
+
+    def __init__(self, size: int, name: str) -> None:
+        self._tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._size = size
+        for i in range(size):
+            threading.Thread(target=self._work, name=f"build-{name}-{i + 1}", daemon=True).start()
+
+    def submit(self, task: Callable[[], None]) -> None:
+        self._tasks.put(task)
+
+    def close(self) -> None:
+        for _ in range(self._size):
+            self._tasks.put(None)
+
+    def _work(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            task()
 
 
 def _decode(frame: bytes) -> protocol.Message | None:

@@ -72,6 +72,19 @@ def test_simulated_output_is_a_valid_gpkg(tmp_path):
     assert 10_000 < info.size < 40_000
 
 
+def test_small_simulated_artifact_is_made_in_memory(tmp_path):
+    builder = SimulatedBuilder(SimConfig(min_seconds=0.0, max_seconds=0.0, artifact_size=20_000, seed=3))
+    assert not builder.needs_workdir
+    result = builder.build("app-misc/foo-1.2.3-r1", "gentoo", None, threading.Event())
+    assert result.ok and result.path is None and result.data is not None
+    (tmp_path / "got.gpkg.tar").write_bytes(result.data)
+    on_disk = builder.build("app-misc/foo-1.2.3-r1", "gentoo", tmp_path, threading.Event())
+    assert on_disk.path is not None and on_disk.data is None
+    assert gpkg.inspect_gpkg(tmp_path / "got.gpkg.tar", expect_cpv="app-misc/foo-1.2.3-r1").size == len(result.data)
+    big = SimulatedBuilder(SimConfig(artifact_size=builders.MEMORY_MAX + 1))
+    assert big.needs_workdir and EmergeBuilder(EmergeConfig()).needs_workdir
+
+
 def test_simulated_cancel_stops_a_long_build_quickly(tmp_path):
     builder = SimulatedBuilder(SimConfig(min_seconds=60.0, max_seconds=60.0, seed=1))
     cancel = threading.Event()

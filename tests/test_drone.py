@@ -235,7 +235,7 @@ def test_rejected_upload_is_sent_again_then_reported_failed(make_drone, leaders,
 
 def test_rejected_for_good_deletes_the_artifact(make_drone, leaders):
     a, _ = leaders
-    d = make_drone()
+    d = make_drone(artifact_size=2 * protocol.CHUNK_SIZE)  # too big for memory: a file in a work dir
     join(d, a)
     a.send(job())
     drive(d, a.upload, what="the upload")
@@ -243,6 +243,21 @@ def test_rejected_for_good_deletes_the_artifact(make_drone, leaders):
     a.send(Rejected(key=KEY, reason="not a GPKG", retry=False))
     drive(d, lambda: not d.jobs, what="the job to settle")
     assert workdir is not None and not workdir.exists()
+
+
+def test_small_artifact_is_built_and_uploaded_from_memory(make_drone, leaders, tmp_path):
+    a, _ = leaders
+    d = make_drone(slots=1)
+    join(d, a)
+    for i in range(3):  # one pool thread serves one job after another
+        a.send(job(key=f"cat/pkg{i}-1.0"))
+        data, trailer = drive(d, a.upload, what=f"upload {i}")
+        assert d.jobs[trailer.key].workdir is None and d.jobs[trailer.key].path is None
+        (tmp_path / "got.gpkg.tar").write_bytes(data)
+        assert gpkg.inspect_gpkg(tmp_path / "got.gpkg.tar", expect_cpv=trailer.key).sha256 == trailer.sha256
+        a.send(Stored(key=trailer.key, sha256=trailer.sha256))
+        drive(d, lambda k=trailer.key: k not in d.jobs, what=f"job {i} to settle")
+    assert not (tmp_path / "work").exists()  # no work dir made or removed for it
 
 
 def test_failure_is_sent_again_to_the_next_leader_until_acked(make_drone, leaders):
@@ -295,14 +310,14 @@ def test_unanswered_upload_and_failure_are_sent_again(make_drone, leaders, monke
 
 def test_cancel_stops_the_build_and_deletes_its_files(make_drone, leaders):
     a, _ = leaders
-    d = make_drone(min_seconds=60.0, max_seconds=60.0)
+    d = make_drone(min_seconds=60.0, max_seconds=60.0, artifact_size=2 * protocol.CHUNK_SIZE)
     join(d, a)
     a.send(job())
     drive(d, lambda: KEY in d.jobs, what="the build to start")
     build = d.jobs[KEY]
     a.send(Cancel(key=KEY, reason="balance"))
     drive(d, lambda: not d.jobs and not d.dying, what="the build to stop")
-    assert build.thread is not None and not build.thread.is_alive()
+    assert build.finished is not None and build.finished.is_set()
     assert build.workdir is not None and not build.workdir.exists()
 
 
@@ -363,7 +378,7 @@ def test_no_free_slot_and_bad_frames(make_drone, leaders):
     a.send(job(key="evil", cpv="../../etc/passwd-1.0"))
     failed = drive(d, lambda: a.poll(JobFailed), what="the bad CPV report")
     assert failed.key == "evil" and "cannot start the build" in failed.error
-    assert not any(p.name.startswith("..") for p in (d.work_dir).iterdir())
+    assert not any(p.name.startswith("..") for p in d.work_dir.rglob("*"))  # (no work dir at all is fine)
 
 
 def run_in_thread(threads: list, d: Drone, once: bool = False) -> threading.Thread:
@@ -422,6 +437,22 @@ def test_graceful_stop_hands_back_running_builds_and_keeps_unstored_artifacts(ma
     thread.join(10)
     assert not thread.is_alive()
     assert [p.name for p in Path(d.work_dir).rglob("*.gpkg.tar")] == [SIMULATED_ARTIFACT]
+
+
+def test_start_clears_job_directories_a_killed_run_left(make_drone, leaders, threads):
+    a, _ = leaders
+    d = make_drone(artifact_size=2 * protocol.CHUNK_SIZE)
+    left = [d.work_dir / "cat_pkg-1.0-7", d.work_dir / "cat_other-2-12"]
+    for path in left:
+        (path / "pkgdir").mkdir(parents=True)
+        (path / SIMULATED_ARTIFACT).write_bytes(b"half")
+    (d.work_dir / "admin-notes").mkdir()  # not named like a job directory: kept
+    thread = run_in_thread(threads, d)
+    wait_for(lambda: a.poll(Hello), what="a hello")
+    d.stop(graceful=False)
+    thread.join(10)
+    assert not thread.is_alive()
+    assert sorted(p.name for p in d.work_dir.iterdir()) == ["admin-notes"]
 
 
 def drone_toml(tmp_path: Path, leader: StandIn) -> Path:
