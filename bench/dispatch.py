@@ -62,12 +62,15 @@ class RouterClient:
         self.sock = transport.dealer(zmq.Context.instance(), url)
 
     def submit(self, atom: str) -> None:
-        req = protocol.Request(op="submit", req_id=uuid.uuid4().hex, args={"packages": [atom], "client": "bench"})
-        self.sock.send(protocol.encode(req))
+        self.call("submit", {"packages": [atom], "client": "bench"})
+
+    def call(self, op: str, args: dict | None = None):
+        self.sock.send(protocol.encode(protocol.Request(op=op, req_id=uuid.uuid4().hex, args=args or {})))
         if not self.sock.poll(5000):
-            raise TimeoutError("the leader did not answer a submit within 5 s")
+            raise TimeoutError(f"the leader did not answer a {op} within 5 s")
         reply = protocol.decode(self.sock.recv())
         assert isinstance(reply, protocol.Reply) and reply.ok, reply
+        return reply.result
 
     def close(self) -> None:
         self.sock.close(0)
@@ -161,16 +164,20 @@ def throughput(packages: int) -> dict:
             pids = {name: c.pid(name) for name in c.configs}
             cpu0 = {name: _cpu(pid) for name, pid in pids.items()}
             atoms = [f"=app-misc/tp{i}-1.{i % 97}" for i in range(packages)]
+            router = RouterClient(c.configs[leader].me().broker_url)
+            index0 = router.call("status")["commit_index"]
             t0 = time.time()
             c.api.submit_packages(atoms, client="bench")
             wait_until(lambda: _stored_count(c) >= packages, 600, "every package stored", interval=0.2)
             t_end = max(_stored_times(c))
             cpu = {name: (_cpu(pid) - cpu0[name]) for name, pid in pids.items()}
-            counts = c.api.status()["counts"]
+            status = router.call("status")
+            router.close()
+            counts, entries = status["counts"], status["commit_index"] - index0
         finally:
             c.down()
     assert counts["received"] == packages, counts
-    return {"seconds": t_end - t0, "packages": packages, "leader": leader, "cpu": cpu}
+    return {"seconds": t_end - t0, "packages": packages, "leader": leader, "cpu": cpu, "entries": entries}
 
 
 def main() -> None:
@@ -200,6 +207,7 @@ def main() -> None:
         for name, sec in sorted(r["cpu"].items()):
             print(f"  {name:<10} {sec / r['packages'] * 1000:>6.2f}")
         print(f"  {'total':<10} {total / r['packages'] * 1000:>6.2f}   (cores busy: {total / r['seconds']:.2f})")
+        print(f"Raft log entries per package: {r['entries'] / r['packages']:.2f}")
 
 
 if __name__ == "__main__":

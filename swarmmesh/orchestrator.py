@@ -8,6 +8,7 @@ which wakes the loop through a pipe, so replies go out only after the command is
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import sys
 import time
@@ -21,13 +22,12 @@ from swarmmesh.component import Component
 from swarmmesh.config import NodeConfig
 from swarmmesh.election import Election
 from swarmmesh.errors import ProtocolError
+from swarmmesh.groupcommit import Outbox
 
 log = logging.getLogger(__name__)
 
 TICK = 0.1
 EVENT_PERIOD = 0.5
-MAX_BATCH = 500  # commands per log entry: bounds one entry's size and apply time
-MAX_HOLD = 0.005  # seconds a command may wait for the entry before it to commit (group commit)
 
 Then = Callable[[Any, "str | None"], None]
 
@@ -55,9 +55,7 @@ class Orchestrator:
         self._leading_term: int | None = None
         self._claimed_term: int | None = None
         self._next_event = 0.0
-        self._outgoing: list[tuple[str, tuple, Callable[[Any, str | None], None]]] = []
-        self._in_flight = 0  # our log entries not yet committed (or failed)
-        self._held_since = 0.0
+        self._outgoing: Outbox[tuple[str, tuple, Callable[[Any, str | None], None]]] = Outbox()
         self.control = Control(self)
         self.broker = Broker(self)
         self.receiver = Receiver(self)
@@ -70,33 +68,28 @@ class Orchestrator:
         self.balance = self.broker.balance
 
     # --- services for components (control, broker) -------------------------------------
-    def commit(self, command: str, *args: Any, then: Then | None = None) -> None:
+    def commit(self, command: str, *args: Any, then: Then | None = None, lazy: bool = False) -> None:
         """Replicate a command; `then(result, error)` runs later on this loop's thread.
 
-        Commands leave together, as one log entry (`_flush`): at the end of the loop pass when
-        no entry of ours is in flight (no added latency when idle), else once it commits or
-        MAX_HOLD has passed (group commit: under load, one entry carries many commands)."""
+        Commands leave together, as one log entry, when groupcommit.py says so: under load one
+        entry carries many commands, when idle a command leaves at the end of the loop pass.
+        `lazy`: bookkeeping nobody waits for, which may wait longer for company."""
 
         def done(result: Any, err: str | None) -> None:
             if then is not None:
                 self.inbox.post(lambda: then(result, err))
 
-        if not self._outgoing:
-            self._held_since = time.monotonic()
-        self._outgoing.append((command, args, done))
+        self._outgoing.add((command, args, done), time.monotonic(), lazy=lazy)
 
     def _flush(self, now: float) -> None:
-        if not self._outgoing:
-            return
-        if self._in_flight and len(self._outgoing) < MAX_BATCH and now - self._held_since < MAX_HOLD:
-            return
-        while self._outgoing:
-            batch, self._outgoing = self._outgoing[:MAX_BATCH], self._outgoing[MAX_BATCH:]
-            self._in_flight += 1
-            self.election.commit_many(batch, landed=lambda: self.inbox.post(self._landed))
+        for batch in self._outgoing.take(now):
+            self.election.commit_many(batch, landed=lambda: self.inbox.post(self._outgoing.landed))
 
-    def _landed(self) -> None:
-        self._in_flight -= 1
+    def _poll_ms(self, now: float) -> int:
+        """Sleep until the next tick, or until the queued commands are due if that is sooner."""
+        due = self._outgoing.due()
+        wait = TICK if due is None else min(TICK, max(0.0, due - now))
+        return math.ceil(wait * 1000)
 
     def send(self, identity: bytes, msg: protocol.Message) -> bool:
         try:
@@ -133,7 +126,7 @@ class Orchestrator:
             comp.register(poller)
         self._announce_ready()
         while not self._stop:
-            ready = dict(poller.poll(1 if self._outgoing else int(TICK * 1000)))
+            ready = dict(poller.poll(self._poll_ms(time.monotonic())))
             if self.router in ready:
                 transport.drain(self.router, self._dispatch, 1000)
             if self.inbox.fd in ready:

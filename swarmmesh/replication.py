@@ -366,7 +366,7 @@ class Replicator(Component):
             if err is not None:
                 log.debug("%s %s not committed: %s", command, sha_or_key[:12], err)
 
-        self.node.commit(command, *args, then=then)
+        self.node.commit(command, *args, then=then, lazy=command != "lose")  # (un)hold: no one waits for it
 
     # --- scrubbing (its own thread) ----------------------------------------------------------
     def _scrub(self) -> None:

@@ -51,7 +51,7 @@ class FakeNode:
         with self.lock:
             return fn(self.queue)
 
-    def commit(self, command: str, *args, then=None) -> None:
+    def commit(self, command: str, *args, then=None, lazy: bool = False) -> None:
         self.commits.append((command, *args))
         with self.lock:
             result = getattr(self.queue, command)(*args)
