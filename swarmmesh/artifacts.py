@@ -331,8 +331,8 @@ class Receiver(Component):
             if up:
                 self._writer.put(up.discard)
             return
-        pkg = self.node.election.read(lambda q: q.get(tr.key))
-        if pkg is None or pkg.drone != tr.drone:
+        pkg = self.node.election.read(lambda q: _delegation(q.peek(tr.key)))
+        if pkg is None or pkg[0] != tr.drone:
             if up:
                 self._writer.put(up.discard)
             reason = "not in the queue" if pkg is None else f"not delegated to {tr.drone}"
@@ -341,7 +341,7 @@ class Receiver(Component):
             return
         self._validating += 1
         # after the writer: validation starts once every chunk before the trailer is written
-        self._writer.run(functools.partial(self._pool.submit, self._validate, identity, up, tr, pkg.cpv), small=True)
+        self._writer.run(functools.partial(self._pool.submit, self._validate, identity, up, tr, pkg[1]), small=True)
         if self._validating <= EARLY_SETTLE_BACKLOG:
             self.node.broker.settle(tr.drone, tr.key)
 
@@ -430,6 +430,10 @@ class Receiver(Component):
         if self.uploads:
             log.info("dropped %d partial upload(s): %s", len(self.uploads), why)
         self.uploads.clear()
+
+
+def _delegation(pkg: Any) -> tuple[str | None, str] | None:
+    return None if pkg is None else (pkg.drone, pkg.cpv)
 
 
 def received_result(info: gpkg.GpkgInfo, holder: str) -> dict:

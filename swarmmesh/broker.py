@@ -291,7 +291,7 @@ def _held_by(q: BuildQueue, key: str, drone: str) -> bool:
 
 
 def _job(q: BuildQueue, key: str, term: int) -> protocol.Job | None:
-    pkg = q.get(key)
+    pkg = q.peek(key)
     if pkg is None:
         return None
     return protocol.Job(key=key, cpv=pkg.cpv, term=term, attempt=pkg.attempts, repo=pkg.repo)
@@ -332,7 +332,7 @@ def _plan(q: BuildQueue, free: list[DroneSession], inflight: set[str]) -> tuple[
     grounded = set(q.grounded())
     capacity = sum(d.free for d in free if d.name not in grounded)
     keys = q.dispatchable(capacity, exclude=inflight) if capacity > 0 else []
-    return grounded, [(k, list(q.get(k).failed_on)) for k in keys]
+    return grounded, [(k, list(q.peek(k).failed_on)) for k in keys]
 
 
 def _choose(free: list[DroneSession], failed_on: list[str]) -> DroneSession | None:

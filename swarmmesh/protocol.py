@@ -17,6 +17,8 @@ Sockets and what travels on them:
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -245,7 +247,7 @@ class NodeInfo(Message):
 # --- encode / decode ---------------------------------------------------------------------
 
 def encode(msg: Message) -> bytes:
-    body = {f.name: getattr(msg, f.name) for f in dataclasses.fields(msg)}
+    body = {name: getattr(msg, name) for name, _check in _spec(type(msg))}
     body["v"] = VERSION
     body["t"] = msg.TYPE
     return msgpack.packb(body, use_bin_type=True)
@@ -284,22 +286,37 @@ _SCALARS: dict[str, type | tuple[type, ...]] = {
 
 
 def _check_types(msg: Message) -> None:
-    for f in dataclasses.fields(msg):
-        value = getattr(msg, f.name)
-        if not _type_ok(str(f.type), value):
-            raise ProtocolError(f"field {f.name!r} of {msg.TYPE!r} has the wrong type")
+    for name, check in _spec(type(msg)):
+        if not check(getattr(msg, name)):
+            raise ProtocolError(f"field {name!r} of {msg.TYPE!r} has the wrong type")
 
 
-def _type_ok(annotation: str, value: Any) -> bool:
+@functools.cache
+def _spec(cls: type[Message]) -> tuple[tuple[str, Callable[[Any], bool]], ...]:
+    """(field name, type check) per field, worked out once per class: every chunk and trailer
+    of every upload goes through encode and decode."""
+    return tuple((f.name, _checker(str(f.type))) for f in dataclasses.fields(cls))
+
+
+def _checker(annotation: str) -> Callable[[Any], bool]:
     options = [part.strip() for part in annotation.split("|")]
-    if value is None:
-        return "None" in options or "Any" in options
-    for opt in options:
-        expected = _SCALARS.get(opt)
-        if expected is None and opt == "Any":
-            return True
-        if expected is not None and isinstance(value, expected):
-            if opt == "int" and isinstance(value, bool):
-                continue
-            return True
-    return False
+    if "Any" in options:
+        return lambda value: True
+    none_ok = "None" in options
+    unknown = [opt for opt in options if opt != "None" and opt not in _SCALARS]
+    if unknown:
+        raise TypeError(f"wire field annotation {annotation!r}: {unknown} cannot be checked")
+    types = tuple(t for opt in options if opt != "None" for t in _as_tuple(_SCALARS[opt]))
+    exact_int = "int" in options and "bool" not in options  # a bool is an int to isinstance
+
+    def check(value: Any) -> bool:
+        if value is None:
+            return none_ok
+        if exact_int and value.__class__ is bool:
+            return False
+        return isinstance(value, types)
+    return check
+
+
+def _as_tuple(t: type | tuple[type, ...]) -> tuple[type, ...]:
+    return t if isinstance(t, tuple) else (t,)

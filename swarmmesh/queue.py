@@ -395,6 +395,11 @@ class BuildQueue:
         copies = {"batches": list(pkg.batches), "deps": list(pkg.deps), "failed_on": list(pkg.failed_on)}
         return replace(pkg, result=result, **copies)
 
+    def peek(self, key: str) -> Package | None:
+        """The live record, without the copy `get` makes (asked several times per package
+        dispatched): only for reading, inside `Election.read`, never to keep or change."""
+        return self._packages.get(key)
+
     def dispatchable(self, limit: int, exclude: Iterable[str] = frozenset()) -> list[str]:
         """The next ready keys in seq order, walking the heap without mutating it.
 

@@ -80,6 +80,14 @@ def test_get_returns_a_copy(q):
     assert q.get("a").batches == ["b1"]
 
 
+def test_peek_is_the_live_record(q):
+    q.submit("b1", "alice", items("a"), None, 1.0)
+    live = q.peek("a")
+    assert live == q.get("a") and q.peek("zz") is None
+    q.delegate("a", "d1", 1, 2.0, 12.0)
+    assert live.drone == "d1"  # no copy: it follows the queue
+
+
 # ----------------------------------------------------------- dependencies
 
 
