@@ -153,8 +153,8 @@ def _stored_times(c: LocalCluster) -> list[float]:
     return times
 
 
-def throughput(packages: int) -> dict:
-    with tempfile.TemporaryDirectory(prefix="swarmmesh-bench-") as tmp:
+def throughput(packages: int, where: str | None = None) -> dict:
+    with tempfile.TemporaryDirectory(prefix="swarmmesh-bench-", dir=where) as tmp:
         c = LocalCluster(Path(tmp) / "cluster", orchestrators=3, drones=4,
                          builder_overrides={"min_seconds": 0.0, "max_seconds": ZERO, "artifact_size": 2048,
                                             "slots": 4})
@@ -186,6 +186,7 @@ def main() -> None:
     parser.add_argument("--packages", type=int, default=5000)
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--dir", help="where (b) keeps its cluster's data (default: the system's temp dir)")
     args = parser.parse_args()
     if not args.skip_latency:
         print(f"(a) submit -> build start, drones idle, {args.trials} trials each")
@@ -197,7 +198,7 @@ def main() -> None:
                   f"{max(ms):>8.2f} {statistics.median(r['reply']) * 1000:>16.2f}")
         print("target: median < 5 ms")
     if not args.skip_throughput:
-        r = throughput(args.packages)
+        r = throughput(args.packages, args.dir)
         rate = r["packages"] / r["seconds"]
         print(f"\n(b) {r['packages']} zero-second builds, 2 KiB artifacts, 3 orchestrators, 4 drones x 4 slots")
         print(f"{'seconds':>8} {'packages/s':>11}")

@@ -64,6 +64,7 @@ def configure(level: str, node: str | None = None) -> None:
     Calling it again replaces the previous setup instead of doubling every line.
     """
     numeric = parse_level(level)
+    _skip_unused_fields()
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
         root.removeHandler(handler)
@@ -72,3 +73,13 @@ def configure(level: str, node: str | None = None) -> None:
     handler.addFilter(_NodeFilter(node or "-"))
     root.addHandler(handler)
     root.setLevel(numeric)
+
+
+def _skip_unused_fields() -> None:
+    """FORMAT shows no source line, thread or multiprocessing name, so records need not look
+    them up: the knobs the logging HOWTO's "Optimization" section lists. Finding the caller
+    walks the stack on every call, and a drone logs a line per job, hundreds a second."""
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+
