@@ -3,6 +3,13 @@
 Every socket gets the options that FACTS.md shows we need (bounded LINGER, ZMTP heartbeats
 so a frozen peer is noticed, bounded high-water marks, a MAXMSGSIZE) here, so that adding
 CURVE later is a change to this module only.
+
+One exception: the artifact stream (PUSH/PULL) has no ZMTP heartbeats, but TCP keepalive.
+libzmq 4.3 aborts the whole process (`Assertion failed: !_io_error`, zeromq/libzmq#4364)
+when a connection whose input is stopped by a full receive HWM (the leader holding drones
+back on purpose) is closed by its peer and a heartbeat timer then fires: a drone killed
+mid-upload took the leader down with it. Uploads have liveness of their own: the drone's
+send timeout, the leader's idle-upload timeout, and the broker's heartbeats.
 """
 
 from __future__ import annotations
@@ -25,14 +32,21 @@ LINGER_MS = 0
 CONTROL_HWM = 10_000
 #: Artifact streams: a few chunks in flight keep memory flat for any file size.
 CHUNK_HWM = 8
+KEEPALIVE_IDLE_S = 5
 
 
-def _common(sock: zmq.Socket, max_size: int = MAX_FRAME) -> zmq.Socket:
+def _common(sock: zmq.Socket, max_size: int = MAX_FRAME, heartbeats: bool = True) -> zmq.Socket:
     sock.setsockopt(zmq.LINGER, LINGER_MS)
     sock.setsockopt(zmq.MAXMSGSIZE, max_size)
-    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
-    sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
+    if heartbeats:
+        sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
+    else:  # see the module docstring: the kernel notices a dead peer instead
+        sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, KEEPALIVE_IDLE_S)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 1)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
     return sock
@@ -79,14 +93,14 @@ def sub(ctx: zmq.Context, connects: list[str], topics: list[bytes]) -> zmq.Socke
 
 def push(ctx: zmq.Context, connect: str) -> zmq.Socket:
     """Artifact upload: a bounded HWM makes send() block instead of buffering a whole file."""
-    sock = _common(ctx.socket(zmq.PUSH), MAX_CHUNK_FRAME)
+    sock = _common(ctx.socket(zmq.PUSH), MAX_CHUNK_FRAME, heartbeats=False)
     sock.setsockopt(zmq.SNDHWM, CHUNK_HWM)
     sock.connect(connect)
     return sock
 
 
 def pull(ctx: zmq.Context, bind: str) -> zmq.Socket:
-    sock = _common(ctx.socket(zmq.PULL), MAX_CHUNK_FRAME)
+    sock = _common(ctx.socket(zmq.PULL), MAX_CHUNK_FRAME, heartbeats=False)
     sock.setsockopt(zmq.RCVHWM, CHUNK_HWM)
     sock.bind(bind)
     return sock

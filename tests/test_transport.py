@@ -1,7 +1,10 @@
-"""The socket factory's helpers: the cross-thread inbox and the bounded drain."""
+"""The socket factory and its helpers: the cross-thread inbox and the bounded drain."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
 
 import zmq
@@ -51,3 +54,39 @@ def test_drain_is_bounded_and_stops_when_empty():
         push.close(0)
         pull.close(0)
         ctx.term()
+
+
+# A drone that disappears while the leader holds uploads back (the PULL's receive HWM full, so
+# libzmq stops reading that connection): with ZMTP heartbeats on the artifact stream, libzmq
+# 4.3 then aborted the leader's whole process ("Assertion failed: !_io_error", zeromq/libzmq#4364).
+# Run in a child process, since the failure is an abort.
+_PEER_GONE_UNDER_BACKPRESSURE = textwrap.dedent("""
+    import sys, time, zmq
+    from swarmmesh import transport
+    leader, drone = zmq.Context(), zmq.Context()
+    pull = transport.pull(leader, "tcp://127.0.0.1:0")
+    push = transport.push(drone, pull.getsockopt(zmq.LAST_ENDPOINT).decode())
+    push.setsockopt(zmq.SNDTIMEO, 2000)
+    try:
+        for _ in range(200):
+            push.send(b"x" * 200_000)  # far more than the HWMs and socket buffers hold
+    except zmq.Again:
+        pass
+    time.sleep(0.5)  # a fixed span, not a condition: libzmq stops reading the full pipe meanwhile
+    push.close(0)
+    drone.term()  # the drone is gone while the leader's input is stopped
+    time.sleep(1.5)  # the leader's heartbeat timers fire in this span (they aborted the process)
+    got = 0
+    while pull.poll(200):
+        pull.recv()
+        got += 1
+    time.sleep(1.0)  # and again, once the pipe was read
+    print("survived", got)
+""")
+
+
+def test_artifact_stream_survives_a_peer_lost_under_backpressure():
+    child = subprocess.run([sys.executable, "-c", _PEER_GONE_UNDER_BACKPRESSURE], check=False, capture_output=True,
+                           text=True, timeout=60)
+    assert child.returncode == 0, f"exit {child.returncode}: {child.stderr[-2000:]}"
+    assert child.stdout.startswith("survived") and int(child.stdout.split()[1]) > 0
