@@ -440,7 +440,7 @@ def received_result(info: gpkg.GpkgInfo, holder: str) -> dict:
     """What `complete` records of a stored, validated GPKG (uploaded or dropped into incoming/)."""
     build_id = info.build_id or 1
     return {"sha256": info.sha256, "size": info.size, "md5": info.md5, "sha1": info.sha1, "build_id": build_id,
-            "path": gentoo.gpkg_relpath(info.cpv, build_id), "holders": [holder]}
+            "path": gentoo.gpkg_relpath(info.cpv, build_id), "holders": [holder], "metadata": info.metadata}
 
 
 class _Writer:

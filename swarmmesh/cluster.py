@@ -98,9 +98,9 @@ def _table(header: str, values: dict | None) -> str:
 
 
 def _shared_toml(host: str, secret: str, ports: list[dict[str, int]], gateway_port: int, *,
-                 raft: dict | None, queue: dict | None) -> str:
+                 raft: dict | None, queue: dict | None, cluster: dict | None = None) -> str:
     """The part every node's file has in common: nodes must agree on it."""
-    text = _table("[cluster]", {"secret": secret})
+    text = _table("[cluster]", {"secret": secret, **(cluster or {})})
     for i, orch in enumerate(ports, 1):
         text += _table("[[orchestrators]]", {"name": f"orch-{i}", "host": host, **orch})
     text += _table("[gateway]", {"host": host, "port": gateway_port})
@@ -156,7 +156,7 @@ def _write_all(files: dict[Path, str]) -> None:
 def init_cluster(directory: str | os.PathLike[str], orchestrators: int = 3, drones: int = 2,
                  base_port: int = 7100, host: str = "127.0.0.1", *, secret: str | None = None,
                  builder_overrides: dict | None = None, queue_overrides: dict | None = None,
-                 raft_overrides: dict | None = None) -> list[Path]:
+                 raft_overrides: dict | None = None, cluster_overrides: dict | None = None) -> list[Path]:
     """Write one config per node into `directory` and return their paths (orchestrators,
     drones, gateway). Every file is loaded back before this returns, so what it writes is
     what nodes will accept."""
@@ -170,7 +170,7 @@ def init_cluster(directory: str | os.PathLike[str], orchestrators: int = 3, dron
                           "choose another directory or remove them first")
     ports, gateway_port = _port_layout(orchestrators, base_port)
     shared = _shared_toml(host, secret if secret is not None else secrets.token_urlsafe(32), ports,
-                          gateway_port, raft=raft_overrides, queue=queue_overrides)
+                          gateway_port, raft=raft_overrides, queue=queue_overrides, cluster=cluster_overrides)
     files = {root / f"{n}.toml": _node_toml(n, role, shared, builder_overrides) for n, role in names}
     root.mkdir(parents=True, exist_ok=True)
     _write_all(files)

@@ -155,6 +155,7 @@ class NodeConfig:
     auto_finalize: bool = False
     keep_releases: int = 5
     log_level: str = "INFO"
+    scrub_interval: float = 600.0  # seconds between two passes of the store's scrubber
 
     def me(self) -> OrchestratorAddr:
         """This node's own entry: an orchestrator binds the ports listed under its name."""
@@ -494,6 +495,7 @@ def _build(source: str, file: Path, data: dict[str, Any]) -> NodeConfig:
         drone=_drone(drone, base, data_dir) if role == "drone" else None,
         auto_finalize=cluster.get("auto_finalize", "a boolean", False),
         keep_releases=cluster.integer("keep_releases", 5), log_level=log_level,
+        scrub_interval=cluster.number("scrub_interval", 600.0),
     )
     cluster.finish()
     root.finish()

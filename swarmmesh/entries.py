@@ -54,6 +54,7 @@ class Entries:
         self._lock = threading.Lock()
         self._cache: dict[str, dict] = {}
         self._path = self.root / JOURNAL
+        self._fd: int | None = None  # the journal, opened for appending at the first record
         self._load()
         self._migrate()
 
@@ -61,14 +62,16 @@ class Entries:
         with self._lock:
             return self._cache.get(sha256)
 
-    def compute(self, sha256: str, path: Path, logged: dict) -> dict:
+    def compute(self, sha256: str, path: Path, logged: dict, metadata: dict | None = None) -> dict:
         """Index a stored file: its metadata, and the size and digests the log recorded for it
-        (the leader computed them from the same bytes); ArtifactError if it cannot be read."""
+        (the leader computed them from the same bytes); ArtifactError if it cannot be read.
+        `metadata`: what the log says the leader's validation read from the same bytes, so
+        the file need not be parsed again (parsing it was most of a follower's indexing)."""
         size = path.stat().st_size
         if size != logged.get("size"):
             raise CorruptError(sha256, f"stored file {sha256[:12]} has {size} bytes, not {logged.get('size')}")
         return self.put(make_record(sha256, size, logged.get("md5"), logged.get("sha1"),
-                                    gpkg.read_gpkg_metadata(path)))
+                                    metadata if metadata is not None else gpkg.read_gpkg_metadata(path)))
 
     def record(self, info: gpkg.GpkgInfo) -> dict:
         """The record of a file this node has just validated in full (the leader's uploads)."""
@@ -87,11 +90,20 @@ class Entries:
                 self._append(json.dumps({"forget": sha256}) + "\n")
 
     # --- the journal -------------------------------------------------------------------
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
     def _append(self, line: str) -> None:
+        """One write() per record on a descriptor kept open: opening the file for each record
+        cost a follower as much as parsing the package's metadata."""
         try:
-            with open(self._path, "a", encoding="utf-8") as journal:  # nothing stays open between appends
-                journal.write(line)
-        except (OSError, ValueError) as exc:  # a full disk: the record stays in memory only
+            if self._fd is None:
+                self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            os.write(self._fd, line.encode())
+        except OSError as exc:  # a full disk: the record stays in memory only
             log.warning("cannot append to %s: %s", self.root / JOURNAL, exc)
 
     def _load(self) -> None:

@@ -99,7 +99,8 @@ class Release:
 
 FILE_FIELDS = ("sha256", "size", "md5", "sha1", "path", "build_id")
 FEED_LIMIT = 1 << 16  # changes a reader may lag behind before it must rescan everything
-_LOCAL = ("_feed", "_feed_base", "_by_sha", "_newest_files")  # derived: not pickled, rebuilt on restore
+_LOCAL = ("_feed", "_feed_base", "_by_sha", "_newest_files", "_fresh_meta")  # not pickled, rebuilt on restore
+FRESH_META_LIMIT = 4096  # metadata of the newest received files, kept for the nodes to index them
 
 
 def _ok(code: str = "ok", **extra: Any) -> dict:
@@ -142,6 +143,7 @@ class BuildQueue:
                 self._index_file(pkg)
         newest = next(reversed(self._releases.values()), None) if self._releases else None
         self._newest_files = _files_by_sha(newest)
+        self._fresh_meta: dict[str, dict] = {}
 
     def _clear(self) -> None:
         self._packages: dict[str, Package] = {}  # insertion order == seq order
@@ -234,7 +236,8 @@ class BuildQueue:
         if pkg.state == DELEGATED and pkg.drone != drone:
             return _no("stale", drone=pkg.drone)
         self._leave_delegation(pkg)
-        pkg.drone, pkg.result, pkg.error = drone, dict(result), None
+        pkg.drone, pkg.result, pkg.error = drone, {k: v for k, v in result.items() if k != "metadata"}, None
+        self._keep_fresh_meta(pkg.result.get("sha256"), result.get("metadata"))
         self._set_state(pkg, RECEIVED)
         self._forget_unmet(pkg)
         self._register_holders(pkg.result)
@@ -526,6 +529,12 @@ class BuildQueue:
         """Whether expire(now) would requeue anything: lets the leader skip a useless commit."""
         return any(self._lease_over(k, now) for keys in self._by_drone.values() for k in keys)
 
+    def fresh_metadata(self, sha256: str) -> dict | None:
+        """The GPKG metadata the leader's validation read from a newly received file, if still
+        kept: a node indexing its copy then need not parse it again (the log also gives the
+        file's size and digests). None: parse the file (restarts, old entries)."""
+        return self._fresh_meta.get(sha256)
+
     def delegated_elsewhere(self, live: Iterable[str]) -> list[str]:
         """Delegated packages held by drones not in `live`, in seq order (for balance)."""
         alive = set(live)
@@ -609,6 +618,15 @@ class BuildQueue:
         if len(self._feed) > 2 * FEED_LIMIT:
             del self._feed[:FEED_LIMIT]
             self._feed_base += FEED_LIMIT
+
+    def _keep_fresh_meta(self, sha: Any, meta: Any) -> None:
+        """Outside the replicated state (neither pickled nor fingerprinted): what each node
+        indexes from, once, shortly after the commit."""
+        if not isinstance(sha, str) or not isinstance(meta, dict):
+            return
+        self._fresh_meta[sha] = meta
+        if len(self._fresh_meta) > FRESH_META_LIMIT:
+            del self._fresh_meta[next(iter(self._fresh_meta))]
 
     def _index_file(self, pkg: Package) -> str | None:
         sha = (pkg.result or {}).get("sha256")

@@ -468,6 +468,7 @@ class Releases(Component):
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self.entries.close()
 
     def tick(self, now: float) -> None:
         if now < self._next:
@@ -546,10 +547,11 @@ class Releases(Component):
 
     # --- worker-thread jobs --------------------------------------------------------------
     def _index(self, files: list[dict]) -> None:
+        logged = self.node.election.read(lambda q: {f["sha256"]: q.fresh_metadata(f["sha256"]) for f in files})
         for f in files:
             sha = f["sha256"]
             try:
-                self.entries.compute(sha, self.node.replicator.path(sha), f)
+                self.entries.compute(sha, self.node.replicator.path(sha), f, logged.get(sha))
             except (ArtifactError, OSError) as exc:  # not what the leader validated: fetch it again
                 self.node.post(lambda s=sha, e=exc: self.node.replicator.corrupt(s, f"cannot be indexed: {e}"))
 

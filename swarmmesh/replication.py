@@ -57,7 +57,6 @@ RETRY_MIN, RETRY_MAX = 0.25, 2.0
 GC_PERIOD = 10.0
 GC_GRACE = 60.0  # a file the Receiver just stored is unreferenced until its commit lands
 SCRUB_RATE = 32 << 20  # bytes per second: a background check must not starve serving
-SCRUB_PASS = 5.0  # seconds from the end of one pass over the store to the start of the next
 SCRUB_FILES = 200  # files checked per second at most: a store of small files must not churn the disk
 _SHA256 = re.compile(r"[0-9a-f]{64}\Z")
 
@@ -370,7 +369,9 @@ class Replicator(Component):
 
     # --- scrubbing (its own thread) ----------------------------------------------------------
     def _scrub(self) -> None:
-        while not self._stop.wait(SCRUB_PASS):
+        # `[cluster] scrub_interval` between passes: scrubbed without a break (it once was, every
+        # 5 s), a store is re-read at SCRUB_FILES a second forever, idle or not
+        while not self._stop.wait(self.node.config.scrub_interval):
             with self._lock:
                 todo = sorted(self.held)
             for sha in todo:

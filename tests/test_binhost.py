@@ -33,7 +33,8 @@ class FakeNode:
     def __init__(self, name: str, data_dir: Path, orchestrators: tuple = (), leader: bool = False) -> None:
         self.name = name
         self.config = SimpleNamespace(name=name, data_dir=data_dir, orchestrators=orchestrators, keep_releases=2,
-                                      auto_finalize=False, me=lambda: SimpleNamespace(host="127.0.0.1", binhost_port=0))
+                                      auto_finalize=False, scrub_interval=600.0,
+                                      me=lambda: SimpleNamespace(host="127.0.0.1", binhost_port=0))
         self.queue = BuildQueue()
         self.lock = threading.RLock()
         self.election = SimpleNamespace(read=self.read, indexes=lambda: (1, 1))

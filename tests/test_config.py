@@ -131,6 +131,7 @@ def test_valid_orchestrator(write):
     assert config.gateway.url == "http://127.0.0.1:7190"
     assert (config.raft.election_min, config.queue.max_attempts, config.keep_releases) == (0.3, 3, 5)
     assert config.drone is None and config.log_level == "INFO" and config.auto_finalize is False
+    assert config.scrub_interval == 600.0
 
 
 def test_config_is_frozen(write):
@@ -346,6 +347,12 @@ def test_even_orchestrator_count_warns(write, caplog):
     assert "even" in caplog.text and "odd" in caplog.text
 
 
+def test_scrub_interval(write):
+    assert load_config(write(ORCH.replace("[cluster]\n", "[cluster]\nscrub_interval = 30\n", 1))).scrub_interval == 30
+    path = write(ORCH.replace("[cluster]\n", "[cluster]\nscrub_interval = 0\n", 1))
+    assert_names(error_of(path), path, "[cluster] scrub_interval", "a number > 0")
+
+
 def test_drone_section_missing_for_drone(write):
     path = write(DRONE[:DRONE.index("[drone]")])
     assert_names(error_of(path), path, "[drone]", "role is 'drone'", "add a [drone] section")
@@ -413,5 +420,5 @@ def test_toml_value_paths_and_refusals():
 def test_node_config_fields_match_the_interface():
     names = [f.name for f in dataclasses.fields(NodeConfig)]
     assert names == ["path", "name", "role", "data_dir", "secret", "orchestrators", "gateway", "raft",
-                     "queue", "drone", "auto_finalize", "keep_releases", "log_level"]
+                     "queue", "drone", "auto_finalize", "keep_releases", "log_level", "scrub_interval"]
     assert ENV_VAR == "SWARMMESH_CONFIG"

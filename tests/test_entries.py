@@ -47,6 +47,15 @@ def test_a_recorded_upload_needs_no_second_read_and_matches_a_computed_one(tmp_p
     assert recorded == Entries(tmp_path / "two").compute(info.sha256, other, logged(info))
 
 
+def test_metadata_from_the_log_spares_parsing_the_file(tmp_path, stored):
+    (path, info), _ = stored
+    path.write_bytes(b"x" * info.size)  # not a GPKG any more: it is not read past its size
+    record = Entries(tmp_path / "entries").compute(info.sha256, path, logged(info), info.metadata)
+    assert record == Entries(tmp_path / "other").record(info)
+    with pytest.raises(ArtifactError):
+        Entries(tmp_path / "third").compute(info.sha256, path, logged(info))  # without it, parsed
+
+
 def test_forget_is_journaled_and_a_torn_last_line_is_skipped(tmp_path, stored):
     (_, a), (_, b) = stored
     entries = Entries(tmp_path / "entries")

@@ -303,6 +303,24 @@ def test_complete_stores_the_result_and_resets_the_error(q):
     assert q.delegated_to("d2") == []
 
 
+def test_metadata_of_a_result_stays_out_of_the_replicated_state(q, monkeypatch):
+    monkeypatch.setattr(queue, "FRESH_META_LIMIT", 2)
+    q.submit("b1", "alice", items("a", "b", "c"), None, 0.0)
+    plain = pickle.loads(pickle.dumps(q))
+    metas = {}
+    for key in ("a", "b", "c"):
+        delegate(q, key)
+        delegate(plain, key)
+        result = {**RESULT, "sha256": key * 64}
+        metas[key] = {"CATEGORY": "cat", "PF": f"{key}-1"}
+        q.complete(key, "d1", 1, {**result, "metadata": metas[key]}, 2.0)
+        plain.complete(key, "d1", 1, result, 2.0)
+    assert q.get("c").result == {**RESULT, "sha256": "c" * 64}  # stored without it
+    assert q.fingerprint() == plain.fingerprint()  # so nodes that lack it still agree
+    assert [q.fresh_metadata(k * 64) for k in "abc"] == [None, metas["b"], metas["c"]]  # the newest only
+    assert pickle.loads(pickle.dumps(q)).fresh_metadata("c" * 64) is None  # local: not in snapshots
+
+
 def test_complete_from_another_drone_is_stale(q):
     q.submit("b1", "alice", items("a"), None, 0.0)
     delegate(q, "a", "d1")

@@ -25,8 +25,10 @@ def addr(name: str, port: int) -> OrchestratorAddr:
 def make_replicator(tmp_path):
     made = []
 
-    def make(name: str, orchestrators: tuple, leader: bool = False) -> tuple[FakeNode, Replicator]:
+    def make(name: str, orchestrators: tuple, leader: bool = False,
+             scrub_interval: float = 600.0) -> tuple[FakeNode, Replicator]:
         node = FakeNode(name, tmp_path / name, orchestrators, leader=leader)
+        node.config.scrub_interval = scrub_interval
         rep = Replicator(node)
         node.replicator = rep
         made.append(rep)
@@ -108,11 +110,10 @@ def test_a_follower_never_declares_a_file_lost(make_replicator, monkeypatch):
     assert not any(c[0] == "lose" for c in node.commits)
 
 
-def test_corrupt_file_is_dropped_unheld_fetched_again_and_relinked(holder, make_replicator, monkeypatch):
-    monkeypatch.setattr(replication, "SCRUB_PASS", 0.05)
+def test_corrupt_file_is_dropped_unheld_fetched_again_and_relinked(holder, make_replicator):
     src, host = holder
     info = store_gpkg(src, "app-misc/a-1.0")
-    node, rep = make_replicator("o2", (addr("o1", host.port), addr("o2", 1)))
+    node, rep = make_replicator("o2", (addr("o1", host.port), addr("o2", 1)), scrub_interval=0.05)
     path = node.receiver.store.path(info.sha256)
     path.parent.mkdir()
     data = bytearray(src.receiver.store.path(info.sha256).read_bytes())

@@ -90,7 +90,8 @@ class Poller(threading.Thread):
 
 
 def test_replication_releases_rollback_and_a_lost_file(make_cluster):
-    c = make_cluster(orchestrators=3, drones=2, builder_overrides=FAST)
+    c = make_cluster(orchestrators=3, drones=2, builder_overrides=FAST,
+                     cluster_overrides={"scrub_interval": 0.5})  # the corrupt copy below is found in time
     leader = c.leader(timeout=20)
     followers = [n for n in c.orchestrators if n != leader]
     c.api.submit_packages([f"=app-misc/p{i}-1.0" for i in range(6)], client="itest")
