@@ -379,13 +379,16 @@ class Receiver(Component):
         """Check the transfer, then the package; raise ArtifactError(retry?) on failure.
 
         The sha256 comes out of the same read as the GPKG checks (not hashed chunk by chunk on
-        the socket loop): every byte is read once, off the loop."""
+        the socket loop): every byte is read once, off the loop. An upload still in memory is
+        checked there and written once, not written and read back."""
         if up is None:
             raise TransferError("no data arrived for this upload (lost frames); send it again")
         try:
-            path = up.to_file()
             _check_transfer(up, tr)
-            info = _inspect(path, tr, cpv)
+            data = bytes(up.buf) if up.fh is None else None
+            info = _inspect(Path(f"{tr.upload}.upload"), tr, cpv, data) if data is not None else None
+            path = up.to_file()
+            info = info or _inspect(path, tr, cpv)
             self.store.put(path, info.sha256)  # made durable by self.durable, in groups
             self.node.releases.entries.record(info)  # parsed in full just now: no second read
             return info
@@ -514,13 +517,15 @@ def _check_transfer(up: Upload, tr: protocol.Trailer) -> None:
         raise ArtifactError(f"artifact of {up.size} bytes is too small to be a package (minimum {MIN_ARTIFACT})")
 
 
-def _inspect(path: Path, tr: protocol.Trailer, cpv: str) -> gpkg.GpkgInfo:
-    """Validate the package; a file that fails only because its bytes were damaged on the way
-    is a transfer error (send it again), not a broken build."""
+def _inspect(path: Path, tr: protocol.Trailer, cpv: str, data: bytes | None = None) -> gpkg.GpkgInfo:
+    """Validate the package (`data`: its bytes, held in memory; else the file); a file that
+    fails only because its bytes were damaged on the way is a transfer error (send it again),
+    not a broken build."""
     try:
-        info = gpkg.inspect_gpkg(path, expect_cpv=cpv)
+        info = gpkg.inspect_gpkg(path, expect_cpv=cpv, data=data)
     except ArtifactError:
-        if _sha256_of(path) != tr.sha256:
+        actual = hashlib.sha256(data).hexdigest() if data is not None else _sha256_of(path)
+        if actual != tr.sha256:
             raise TransferError("sha256 mismatch") from None
         raise
     if info.sha256 != tr.sha256:

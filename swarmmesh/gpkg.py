@@ -262,6 +262,9 @@ class GpkgInfo:
     metadata: dict[str, str] = field(hash=False)
 
 
+_Opener = Callable[[], BinaryIO]  # opens the file being inspected (again), from its start
+
+
 class _Digest(NamedTuple):
     size: int
     offset: int  # of the member's data in the file, to hash it again with an algorithm not streamed
@@ -368,17 +371,21 @@ class _Digests:
         return [digest.hexdigest() for digest in self.whole]
 
 
-def inspect_gpkg(path: str | os.PathLike[str], *, expect_cpv: str | None = None) -> GpkgInfo:
+def inspect_gpkg(path: str | os.PathLike[str], *, expect_cpv: str | None = None,
+                 data: bytes | None = None) -> GpkgInfo:
     """Validate a GPKG a peer produced (structure, Manifest digests, metadata) in one bounded
-    read, extracting nothing; raises ArtifactError saying what is wrong."""
+    read, extracting nothing; raises ArtifactError saying what is wrong. `data`: the file's
+    bytes, when the caller holds them (a small upload): nothing is read from disk then, and
+    `path` only names the file in messages."""
     label = os.path.basename(os.fspath(path))
+    opener: _Opener = (lambda: io.BytesIO(data)) if data is not None else (lambda: open(path, "rb", buffering=0))
     try:
-        with open(path, "rb", buffering=0) as raw:
-            size = os.fstat(raw.fileno()).st_size
+        with opener() as raw:
+            size = len(data) if data is not None else os.fstat(raw.fileno()).st_size
             if size <= _MIN_SIZE:
                 raise ArtifactError(f"{label}: {size} bytes is too small for a GPKG (over {_MIN_SIZE} expected)")
             scan, (sha256, md5, sha1) = _scan_file(raw, size, label)
-        _check_manifest(scan, path, label)
+        _check_manifest(scan, opener, label)
     except OSError as exc:
         raise ArtifactError(f"{label}: cannot read the file ({exc.strerror or exc})") from exc
     base = next(b for b in scan.kept if b.startswith("metadata.tar"))
@@ -461,7 +468,7 @@ def _read_member(source: _Source, tar: tarblock.TarReader, member: tarblock.Memb
     return _Digest(member.size, offset, hashes), b"".join(kept) if keep else None
 
 
-def _check_manifest(scan: _Scan, path: str | os.PathLike[str], label: str) -> None:
+def _check_manifest(scan: _Scan, opener: _Opener, label: str) -> None:
     """Every member but the Manifest is listed with its size and digests, and each listed digest
     that swarmmesh can compute matches.
 
@@ -477,10 +484,10 @@ def _check_manifest(scan: _Scan, path: str | os.PathLike[str], label: str) -> No
     if set(records) != members:
         raise ArtifactError(f"{label}: Manifest lists {sorted(records)} but the file holds {sorted(members)}")
     for base in sorted(members):
-        _check_listed(base, scan.members[base], records[base], path, label)
+        _check_listed(base, scan.members[base], records[base], opener, label)
 
 
-def _check_listed(base: str, member: _Digest, record: tuple[int, dict[str, str]], path: str | os.PathLike[str],
+def _check_listed(base: str, member: _Digest, record: tuple[int, dict[str, str]], opener: _Opener,
                   label: str) -> None:
     """One member against its Manifest line: the size, then every listed digest hashlib has."""
     listed_size, listed = record
@@ -493,7 +500,7 @@ def _check_listed(base: str, member: _Digest, record: tuple[int, dict[str, str]]
                             " listed): corrupted or tampered; rebuild and resend the package")
     actual = {algo: digest.hexdigest() for algo, digest in zip(_STREAMED, member.digests, strict=True)
               if algo in listed}
-    actual.update(_reread(member, [algo for algo in algos if algo not in actual], path))
+    actual.update(_reread(member, [algo for algo in algos if algo not in actual], opener))
     for algo in algos:
         if listed[algo].lower() != actual[algo]:
             raise ArtifactError(f"{label}: {base} does not match its Manifest {algo} digest (corrupted, tampered"
@@ -501,14 +508,14 @@ def _check_listed(base: str, member: _Digest, record: tuple[int, dict[str, str]]
                                 " rebuild and resend the package")
 
 
-def _reread(member: _Digest, algos: list[str], path: str | os.PathLike[str]) -> dict[str, str]:
+def _reread(member: _Digest, algos: list[str], opener: _Opener) -> dict[str, str]:
     """Digests the pass did not compute (algorithms outside Portage's default set, which Portage
     does not write), all from one more read of that member. The callers own the file (a staged
     upload), so it cannot change in between."""
     if not algos:
         return {}
     hashes, left = [hashlib.new(_CHECKABLE[algo]) for algo in algos], member.size
-    with open(path, "rb") as raw:
+    with opener() as raw:
         raw.seek(member.offset)
         while left > 0 and (chunk := raw.read(min(_CHUNK, left))):
             for digest in hashes:

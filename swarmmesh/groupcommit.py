@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Generic, TypeVar
 
 MAX_BATCH = 500  # commands per log entry: bounds one entry's size and apply time
-MAX_HOLD = 0.005  # seconds an urgent command may wait for the entry before it to commit
+MAX_HOLD = 0.015  # seconds an urgent command may wait for the entry before it to commit (under load only)
 LAZY_HOLD = 0.05  # seconds a lazy command may wait for others
 
 T = TypeVar("T")

@@ -92,6 +92,20 @@ def test_inspect_rejects_a_flipped_byte_in_the_image(package: Path) -> None:
         inspect_gpkg(package)
 
 
+def test_inspect_of_bytes_in_memory_is_the_inspection_of_the_file(package: Path, tmp_path: Path) -> None:
+    data = package.read_bytes()
+    elsewhere = tmp_path / "never-written.gpkg.tar"  # names it in messages, is never read
+    assert inspect_gpkg(elsewhere, data=data) == inspect_gpkg(package)
+    members = _members(package)
+    _rewrite(package, _with_manifest(members, _digests(("SHA256", None))))  # re-read for SHA256
+    assert inspect_gpkg(elsewhere, data=package.read_bytes()).cpv == "x11-themes/my-theme-1.0"
+    spoiled = bytearray(data)
+    spoiled[len(spoiled) // 2] ^= 0x01
+    with pytest.raises(ArtifactError, match="never-written.gpkg.tar"):
+        inspect_gpkg(elsewhere, data=bytes(spoiled))
+    assert not elsewhere.exists()
+
+
 def test_inspect_rejects_junk_tiny_empty_and_missing_files(tmp_path: Path) -> None:
     cases = {"junk": os.urandom(8192), "tiny": b"x" * 1000, "zeros": bytes(8192)}
     expected = {"junk": "not a readable", "tiny": "too small", "zeros": "empty archive"}
