@@ -283,7 +283,13 @@ class Replicator(Component):
             return
         future = self._pool.submit(fetch, self.store, sha, info.get("size"), sources, self._stop)
         self._fetching[sha] = future
-        future.add_done_callback(lambda f: self.node.post(lambda: self._fetched(sha, info, _outcome(f))))
+        future.add_done_callback(lambda f: self.node.post(lambda: self._fetched_one(sha, info, _outcome(f))))
+
+    def _fetched_one(self, sha: str, info: dict, outcome: str | Exception) -> None:
+        """A big file's worker is free: start the next fetch now, not at the next period. (Small
+        files wait for the period instead, so that they travel many to a bundle.)"""
+        self._fetched(sha, info, outcome)
+        self._next = 0.0
 
     def _send_bundles(self) -> None:
         """Small files wanted from the same holder leave as one request per BUNDLE_FILES."""
@@ -320,7 +326,6 @@ class Replicator(Component):
         """`outcome`: the source's name, or why the fetch failed."""
         del self._fetching[sha]
         self._dirty.add(sha)  # look at it again with the log's newest record
-        self._next = 0.0  # a worker is free: start the next fetch now, not at the next period
         if isinstance(outcome, Exception):
             failures = self._retry.get(sha, (0, 0.0))[0] + 1
             self._retry[sha] = (failures, self._now + min(RETRY_MAX, RETRY_MIN * 2 ** (failures - 1)))
