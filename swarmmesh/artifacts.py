@@ -16,13 +16,13 @@ import ctypes
 import ctypes.util
 import functools
 import hashlib
+import itertools
 import logging
 import os
 import queue
 import re
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -69,6 +69,8 @@ class Store:
         self.tmp.mkdir(parents=True, exist_ok=True)
         for stale in self.tmp.iterdir():  # partial uploads of a previous run
             stale.unlink(missing_ok=True)
+        self._names = itertools.count()  # temp names: unique in this process, and tmp/ starts empty
+        self._dirs: set[str] = set()  # the ab/ directories known to exist
 
     def path(self, sha256: str) -> Path:
         if not _SHA256.match(sha256):
@@ -79,7 +81,7 @@ class Store:
         return self.path(sha256).is_file()
 
     def temp_file(self) -> tuple[Path, BinaryIO]:
-        path = self.tmp / f"{uuid.uuid4().hex}.part"
+        path = self.tmp / f"{os.getpid()}-{next(self._names)}.part"
         return path, open(path, "xb")  # noqa: SIM115 - closed by the Upload that owns it
 
     @contextlib.contextmanager
@@ -100,8 +102,16 @@ class Store:
         survive a power loss before it is committed waits for the Receiver's SyncBarrier; a
         fetched copy is repaired by the start-up size check and the scrubber instead."""
         dest = self.path(sha256)
-        dest.parent.mkdir(exist_ok=True)
-        os.replace(tmp, dest)
+        if sha256[:2] not in self._dirs:  # one mkdir per directory, not one per file
+            dest.parent.mkdir(exist_ok=True)
+            self._dirs.add(sha256[:2])
+        try:
+            os.replace(tmp, dest)
+        except FileNotFoundError:  # its directory was removed behind our back (by hand)
+            if not tmp.exists():
+                raise
+            dest.parent.mkdir(exist_ok=True)
+            os.replace(tmp, dest)
         return dest
 
 

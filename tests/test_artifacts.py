@@ -52,6 +52,33 @@ def test_bytes_damaged_on_the_way_are_a_transfer_error_not_a_broken_build(tmp_pa
         artifacts._inspect(up.path, tr, CPV)
 
 
+def test_an_upload_held_in_memory_is_judged_like_its_file(tmp_path, gpkg):
+    store = Store(tmp_path / "store")
+    up, tr = _upload(store, gpkg)
+    label = tmp_path / "never-written.upload"
+    assert artifacts._inspect(label, tr, CPV, gpkg) == artifacts._inspect(up.path, tr, CPV)
+    damaged = bytearray(gpkg)
+    damaged[len(damaged) // 2] ^= 0xFF
+    with pytest.raises(TransferError, match="sha256 mismatch"):
+        artifacts._inspect(label, tr, CPV, bytes(damaged))
+    with pytest.raises(ArtifactError, match="expected") as caught:
+        artifacts._inspect(label, tr, "app-misc/other-1.0", gpkg)
+    assert not isinstance(caught.value, TransferError) and not label.exists()
+
+
+def test_store_temp_names_are_unique_and_a_removed_directory_comes_back(tmp_path):
+    store = Store(tmp_path / "store")
+    made = [store.temp_file() for _ in range(3)]
+    for _path, fh in made:
+        fh.close()
+    assert len({path for path, _ in made}) == 3
+    sha = "ab" * 32
+    store.put(made[0][0], sha)
+    store.path(sha).unlink()
+    store.path(sha).parent.rmdir()  # removed by hand while the store runs
+    assert store.put(made[1][0], sha).is_file()
+
+
 def test_a_broken_package_sent_intact_is_rejected_for_what_it_is(tmp_path, gpkg):
     store = Store(tmp_path / "store")
     up, tr = _upload(store, gpkg)
