@@ -113,6 +113,9 @@ class Control:
         log.info("submit %s from %r: %d packages", batch_id, client, len(items))
         self._commit(identity, req, "submit", batch_id, client, items, deps, time.time(),
                      shape=lambda r: (True, "ok", "", {k: r[k] for k in ("batch", "count", "new")}))
+        dispatch_new = getattr(self.node, "dispatch_new", None)
+        if dispatch_new is not None:
+            dispatch_new([key for key, _cpv, _repo in items], deps)
 
     def _finalize(self, identity: bytes, req: Request) -> None:
         force = bool(req.args.get("force", False))

@@ -66,6 +66,7 @@ class Orchestrator:
         self.components: list[Component] = [self.broker, self.receiver, self.replicator, self.releases,
                                       self.incoming, self.binhost]
         self.balance = self.broker.balance
+        self.dispatch_new = self.broker.dispatch_new
 
     # --- services for components (control, broker) -------------------------------------
     def commit(self, command: str, *args: Any, then: Then | None = None, lazy: bool = False) -> None:

@@ -399,3 +399,31 @@ def test_a_busy_drone_gets_its_job_requeued_without_an_attempt_charged(make, clo
     broker.dispatch()
     node.flush()
     assert jobs(node) == ["cat/a-1"]
+
+
+def test_a_submission_s_new_packages_are_delegated_in_the_same_entry(make):
+    broker, node = make()
+    hello(broker, node, "d1", slots=2)
+    hello(broker, node, "d2", slots=1)
+    submit(node, "cat/old-1")  # already queued: left to the ordinary dispatch
+    node.pending.append(("submit", ("b9", "test", [(k, k, None) for k in ("cat/old-1", "cat/a-1", "cat/b-1",
+                                                                          "cat/c-1", "cat/d-1")],
+                                    {"cat/b-1": ["cat/a-1"]}, 0.0), None))
+    broker.dispatch_new(["cat/old-1", "cat/a-1", "cat/b-1", "cat/c-1", "cat/d-1"], {"cat/b-1": ["cat/a-1"]})
+    assert [(c, a[0]) for c, a, _ in node.pending] == [
+        ("submit", "b9"), ("delegate", "cat/a-1"), ("delegate", "cat/c-1"), ("delegate", "cat/d-1")]
+    node.flush()  # one entry: the submit applies first, so the delegations are valid
+    assert sorted(jobs(node)) == ["cat/a-1", "cat/c-1", "cat/d-1"]
+    assert state(node, "cat/b-1")[0] == "needed" and state(node, "cat/old-1")[0] == "needed"
+
+
+def test_a_refused_submission_only_fails_its_guessed_delegations(make):
+    broker, node = make()
+    hello(broker, node, "d1")
+    broker.dispatch_new(["cat/a-1"], None)  # its submit never applies
+    node.flush()
+    assert jobs(node) == [] and broker.drones["d1"].free == 1
+    submit(node, "cat/a-1")
+    broker.dispatch()
+    node.flush()
+    assert jobs(node) == ["cat/a-1"]
