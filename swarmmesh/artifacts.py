@@ -395,10 +395,12 @@ class Receiver(Component):
             raise TransferError("no data arrived for this upload (lost frames); send it again")
         try:
             _check_transfer(up, tr)
-            data = bytes(up.buf) if up.fh is None else None
-            info = _inspect(Path(f"{tr.upload}.upload"), tr, cpv, data) if data is not None else None
-            path = up.to_file()
-            info = info or _inspect(path, tr, cpv)
+            if up.fh is None:  # still in memory: checked there, then written once
+                info = _inspect(Path(f"{tr.upload}.upload"), tr, cpv, bytes(up.buf))
+                path = up.to_file()
+            else:
+                path = up.to_file()
+                info = _inspect(path, tr, cpv)
             self.store.put(path, info.sha256)  # made durable by self.durable, in groups
             self.node.releases.entries.record(info)  # parsed in full just now: no second read
             return info
