@@ -152,9 +152,12 @@ def test_replication_releases_rollback_and_a_lost_file(make_cluster):
     late = wait_until(lambda: next((p for p in c.api.swarm()["packages"]
                                     if p["key"] == "app-misc/late-1.0" and p["state"] == "received"), None),
                       20, what="the late package", interval=0.005)
+    copies = [Path(c.configs[name].data_dir) / "store" / late["sha256"][:2] / late["sha256"] for name in followers]
+    # a fetch still on its way when the copies are deleted would bring one back: let both land first
+    wait_until(lambda: all(p.exists() for p in copies), 10, what="both followers to fetch the late package")
     c.kill(leader)
-    for name in followers:
-        (Path(c.configs[name].data_dir) / "store" / late["sha256"][:2] / late["sha256"]).unlink(missing_ok=True)
+    for copy in copies:
+        copy.unlink()
     new_leader = c.leader(exclude=leader, timeout=15)
     wait_until(lambda: "artifact lost" in (c.dir / "logs" / f"{new_leader}.log").read_text(), 30,
                what="the new leader to declare the file lost")
