@@ -42,6 +42,7 @@ SIMULATED_ARTIFACT = "artifact.gpkg.tar"
 #: Simulated artifacts up to this size (one upload chunk) are made in memory, with no work dir.
 MEMORY_MAX = 1 << 20
 
+_UNSEEDED = random.Random()  # one generator for unseeded plans: seeding one per build read the OS's entropy
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # Portage colours eerror lines even with --color=n
 _REPO = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*\Z")
 
@@ -110,7 +111,7 @@ class SimulatedBuilder:
         """(duration, fails) for a CPV; the same for every drone when a seed is set, so a
         failing package fails everywhere, as a real broken ebuild would."""
         c = self.config
-        rng = random.Random(f"{c.seed}:{cpv}") if c.seed is not None else random.Random()
+        rng = random.Random(f"{c.seed}:{cpv}") if c.seed is not None else _UNSEEDED
         return rng.uniform(c.min_seconds, c.max_seconds), rng.random() < c.failure_rate
 
     def build(self, cpv: str, repo: str | None, workdir: Path | None, cancel: threading.Event) -> BuildResult:
