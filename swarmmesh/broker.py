@@ -229,13 +229,15 @@ class Broker(Component):
             self.node.commit("expire", wall)
 
     # --- dispatch ------------------------------------------------------------------------
-    def dispatch(self) -> None:
-        """Hand needed packages to drones with free slots, most free slots and cores first."""
+    def dispatch(self, fresh: list[str] | None = None) -> None:
+        """Hand needed packages to drones with free slots, most free slots and cores first.
+        `fresh`: instead of the queue's ready packages, these of a submission not yet
+        committed (see dispatch_new)."""
         now = self.clock()
         free = [d for d in self.drones.values() if d.free > 0 and d.rest_until <= now]
         if not free or self._term is None:
             return
-        grounded, picks = self.node.election.read(lambda q: _plan(q, free, self.inflight))
+        grounded, picks = self.node.election.read(lambda q: _plan(q, free, self.inflight, fresh))
         free = [d for d in free if d.name not in grounded]
         for key, failed_on in picks:
             drone = _choose(free, failed_on)
@@ -249,19 +251,8 @@ class Broker(Component):
         Raft round trip sooner. Only packages not queued yet and with no dependency listed;
         free slots exist only when nothing queued was dispatchable, so no older package is
         passed over. A wrong guess (the submit refused) only fails those delegations."""
-        now = self.clock()
-        free = [d for d in self.drones.values() if d.free > 0 and d.rest_until <= now]
-        if not free or self._term is None:
-            return
-        grounded, queued = self.node.election.read(lambda q: (set(q.grounded()), {k for k in keys if q.peek(k)}))
-        free = [d for d in free if d.name not in grounded]
         gated = set(deps or ())
-        fresh = [k for k in dict.fromkeys(keys) if k not in queued and k not in gated and k not in self.inflight]
-        for key in fresh[:sum(d.free for d in free)]:
-            drone = _choose(free, [])
-            if drone is None:
-                return
-            self._delegate(key, drone)
+        self.dispatch(fresh=[k for k in dict.fromkeys(keys) if k not in gated])
 
     def _delegate(self, key: str, session: DroneSession) -> None:
         session.pending.add(key)
@@ -347,12 +338,17 @@ def _pairs(raw: list) -> list[tuple[str, int]]:
     return out
 
 
-def _plan(q: BuildQueue, free: list[DroneSession], inflight: set[str]) -> tuple[set[str], list[tuple[str, list]]]:
-    """Grounded drones, and the next dispatchable packages for the capacity left (one read)."""
+def _plan(q: BuildQueue, free: list[DroneSession], inflight: set[str],
+          fresh: list[str] | None) -> tuple[set[str], list[tuple[str, list]]]:
+    """Grounded drones, and the next dispatchable packages for the capacity left (one read);
+    with `fresh`, those of its keys that are not queued yet instead."""
     grounded = set(q.grounded())
     capacity = sum(d.free for d in free if d.name not in grounded)
-    keys = q.dispatchable(capacity, exclude=inflight) if capacity > 0 else []
-    return grounded, [(k, list(q.peek(k).failed_on)) for k in keys]
+    if capacity <= 0:
+        return grounded, []
+    if fresh is not None:
+        return grounded, [(k, []) for k in fresh if k not in inflight and q.peek(k) is None][:capacity]
+    return grounded, [(k, list(q.peek(k).failed_on)) for k in q.dispatchable(capacity, exclude=inflight)]
 
 
 def _choose(free: list[DroneSession], failed_on: list[str]) -> DroneSession | None:
