@@ -116,7 +116,8 @@ class Inbox:
 
     ZeroMQ sockets must stay on one thread, so commit callbacks, build threads and upload
     threads post closures here; a pipe wakes the owner's poller (register `fd`), which then
-    calls `run_pending()`.
+    calls `run_pending()`. One byte per wake-up, not per closure: under load many closures
+    share a wake-up, and each write was a system call and often a context switch.
     """
 
     def __init__(self) -> None:
@@ -125,11 +126,15 @@ class Inbox:
         os.set_blocking(self.fd, False)
         os.set_blocking(self._wake_w, False)
         self._closed = False
+        self._woken = False  # a byte is in the pipe (or on its way) that run_pending has not read
 
     def post(self, fn: Callable[[], None]) -> None:
         if self._closed:
             return  # a thread outlived its owner: nobody is left to run it
         self._todo.append(fn)
+        if self._woken:
+            return  # the owner is woken already, and reads the queue after clearing the flag
+        self._woken = True
         try:
             os.write(self._wake_w, b"x")
         except OSError:
@@ -145,6 +150,8 @@ class Inbox:
                 pass
         except BlockingIOError:
             pass
+        # after the read and before the queue: a closure posted from now on writes a byte again
+        self._woken = False
         while self._todo:
             fn = self._todo.popleft()
             try:

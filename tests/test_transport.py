@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -31,6 +32,55 @@ def test_inbox_wakes_a_poller_and_runs_callbacks_in_order_surviving_a_failing_on
     inbox.close()
     inbox.post(lambda: ran.append(10))  # after close: dropped, not an error
     assert ran == [0, 1, 2, 9]
+
+
+def test_inbox_writes_one_wake_up_byte_per_batch_and_never_loses_a_wake_up():
+    inbox = transport.Inbox()
+    for _ in range(100):
+        inbox.post(lambda: None)
+    assert os.read(inbox.fd, 4096) == b"x"  # one byte for the hundred closures
+    inbox.run_pending()
+    poller = zmq.Poller()
+    poller.register(inbox.fd, zmq.POLLIN)
+    ran, posters = [], 4
+
+    def post_many(n: int) -> None:
+        for _ in range(n):
+            inbox.post(lambda: ran.append(1))
+
+    threads = [threading.Thread(target=post_many, args=(5000,)) for _ in range(posters)]
+    for t in threads:
+        t.start()
+    while len(ran) < 5000 * posters:
+        woken = dict(poller.poll(2000))  # a lost wake-up leaves closures queued and this times out
+        assert woken or inbox.empty(), f"closures queued but no wake-up after {len(ran)} ran"
+        inbox.run_pending()
+    for t in threads:
+        t.join(5)
+    inbox.close()
+
+
+def test_inbox_closure_posted_while_the_owner_reads_the_pipe_leaves_it_wakeable(monkeypatch):
+    inbox = transport.Inbox()
+    poller = zmq.Poller()
+    poller.register(inbox.fd, zmq.POLLIN)
+    ran: list[str] = []
+    real_read = os.read
+
+    def racing_read(fd: int, n: int) -> bytes:  # another thread posts just as the owner reads
+        monkeypatch.setattr(transport.os, "read", real_read)
+        inbox.post(lambda: ran.append("during the read"))
+        return real_read(fd, n)
+
+    inbox.post(lambda: ran.append("first"))
+    monkeypatch.setattr(transport.os, "read", racing_read)
+    inbox.run_pending()
+    assert ran == ["first", "during the read"]
+    inbox.post(lambda: ran.append("later"))
+    assert dict(poller.poll(1000)).get(inbox.fd), "a closure was posted but the owner was not woken"
+    inbox.run_pending()
+    assert ran == ["first", "during the read", "later"]
+    inbox.close()
 
 
 def test_drain_is_bounded_and_stops_when_empty():
