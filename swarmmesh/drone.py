@@ -99,7 +99,10 @@ class _Upload:
 class Uploader:
     """One thread and one PUSH socket stream artifacts to the leader's PULL, in CHUNK_SIZE
     pieces with a bounded HWM (flat memory for any file size). A leader change bumps the
-    generation: the upload in flight stops between chunks and the drone sends it again."""
+    generation: the upload in flight stops between chunks and the drone sends it again.
+
+    An artifact of one chunk held in memory skips the thread (`send_now`): the hand-offs to it
+    and back cost more than sending a small package."""
 
     def __init__(self, ctx: zmq.Context, drone: str, report: Callable[[str, str, str, str], None]) -> None:
         self.ctx, self.drone, self.report = ctx, drone, report
@@ -109,6 +112,8 @@ class Uploader:
         self._generation = 0
         self._thread = threading.Thread(target=self._run, name=f"upload-{drone}", daemon=True)
         self._thread.start()
+        self._quick: zmq.Socket | None = None  # send_now's socket, owned by the drone's loop thread
+        self._quick_url: str | None = None
 
     def retarget(self, url: str | None) -> int:
         with self._lock:
@@ -119,10 +124,31 @@ class Uploader:
     def submit(self, task: _Upload) -> None:
         self._tasks.put(task)
 
+    def send_now(self, task: _Upload) -> bool:
+        """On the loop thread: send a one-chunk artifact held in memory at once, as one
+        multipart message (ZeroMQ queues all of it or nothing; the leader reads the frames one
+        by one as usual). False if it must go through `submit`: too big, no leader, or the
+        leader is holding uploads back (HWM reached)."""
+        target = self._current()[0]
+        if task.data is None or len(task.data) > protocol.CHUNK_SIZE or target is None:
+            return False
+        if self._quick is None or self._quick_url != target:
+            if self._quick is not None:
+                self._quick.close(0)
+            self._quick, self._quick_url = transport.push(self.ctx, target), target
+        try:
+            self._quick.send_multipart(list(self._frames(task)), zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
+
     def close(self, timeout: float = 2.0) -> None:
+        """On the loop thread."""
         self.retarget(None)
         self._tasks.put(None)
         self._thread.join(timeout)
+        if self._quick is not None:
+            self._quick.close(0)
 
     def _current(self) -> tuple[str | None, int]:
         with self._lock:
@@ -160,22 +186,26 @@ class Uploader:
         return sock
 
     def _send(self, sock: zmq.Socket, task: _Upload) -> tuple[str, str]:
-        digest, size, seq = hashlib.sha256(), 0, 0
         try:
-            for chunk in task.chunks():
+            for frame in self._frames(task):
                 if not self._live(task):
                     return "aborted", ""
-                sock.send(protocol.encode(protocol.Chunk(upload=task.upload_id, seq=seq, data=chunk)))
-                digest.update(chunk)
-                size, seq = size + len(chunk), seq + 1
-            sock.send(protocol.encode(protocol.Trailer(upload=task.upload_id, drone=self.drone, key=task.key,
-                                              term=task.term, size=size, sha256=digest.hexdigest(),
-                                              chunks=seq)))
+                sock.send(frame)
         except zmq.Again:
             return "stalled", f"the leader took no data for {SEND_TIMEOUT_MS / 1000:g} s"
         except OSError as exc:
             return "error", f"cannot read {task.path and task.path.name}: {exc.strerror or exc}"
-        return "sent", f"{size} bytes"
+        return "sent", ""
+
+    def _frames(self, task: _Upload) -> Iterator[bytes]:
+        """The upload's Chunk frames, then its Trailer (size and sha256 of what was sent)."""
+        digest, size, seq = hashlib.sha256(), 0, 0
+        for chunk in task.chunks():
+            yield protocol.encode(protocol.Chunk(upload=task.upload_id, seq=seq, data=chunk))
+            digest.update(chunk)
+            size, seq = size + len(chunk), seq + 1
+        yield protocol.encode(protocol.Trailer(upload=task.upload_id, drone=self.drone, key=task.key,
+                                               term=task.term, size=size, sha256=digest.hexdigest(), chunks=seq))
 
 
 class Drone:
@@ -492,7 +522,10 @@ class Drone:
         elif job.state == UPLOADING and (job.path or job.data) is not None:
             job.upload_id = uuid.uuid4().hex
             task = _Upload(job.key, job.term, job.path, job.data, job.upload_id, self._generation, job.cancel)
-            self.uploader.submit(task)
+            if self.uploader.send_now(task):
+                self._on_upload(job.key, job.upload_id, "sent", "")
+            else:
+                self.uploader.submit(task)
 
     def _upload_report(self, key: str, upload_id: str, outcome: str, detail: str) -> None:
         """Called on the upload thread: hand the outcome to the loop."""

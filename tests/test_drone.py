@@ -31,7 +31,7 @@ from swarmmesh.config import (
     RaftTuning,
     SimulatedBuilder,
 )
-from swarmmesh.drone import Drone
+from swarmmesh.drone import Drone, Uploader
 from swarmmesh.protocol import (
     Ack,
     Busy,
@@ -258,6 +258,31 @@ def test_small_artifact_is_built_and_uploaded_from_memory(make_drone, leaders, t
         a.send(Stored(key=trailer.key, sha256=trailer.sha256))
         drive(d, lambda k=trailer.key: k not in d.jobs, what=f"job {i} to settle")
     assert not (tmp_path / "work").exists()  # no work dir made or removed for it
+
+
+def test_one_chunk_artifact_skips_the_upload_thread_unless_the_leader_holds_uploads_back(
+        make_drone, leaders, monkeypatch):
+    a, _ = leaders
+    submitted: list[str] = []
+    submit = Uploader.submit
+    monkeypatch.setattr(Uploader, "submit", lambda self, task: (submitted.append(task.key), submit(self, task)))
+    d = make_drone(slots=1)
+    join(d, a)
+    a.send(job(key="cat/quick-1.0"))
+    data, trailer = drive(d, a.upload, what="the upload")
+    assert trailer.key == "cat/quick-1.0" and len(data) == trailer.size and submitted == []
+
+    send_multipart = zmq.Socket.send_multipart
+
+    def held_back(sock, frames, flags=0, **kw):  # the leader's PULL stopped reading: HWM reached
+        if sock.type == zmq.PUSH and flags & zmq.NOBLOCK:
+            raise zmq.Again()
+        return send_multipart(sock, frames, flags, **kw)
+
+    monkeypatch.setattr(zmq.Socket, "send_multipart", held_back)
+    a.send(job(key="cat/held-1.0"))
+    _data, trailer = drive(d, a.upload, what="the upload, from the upload thread")
+    assert trailer.key == "cat/held-1.0" and submitted == ["cat/held-1.0"]
 
 
 def test_failure_is_sent_again_to_the_next_leader_until_acked(make_drone, leaders):
