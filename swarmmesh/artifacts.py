@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 import zmq
 
@@ -58,6 +58,10 @@ EARLY_SETTLE_BACKLOG = 32
 WRITE_BACKLOG = 8
 #: An upload stays in memory up to this size; beyond, it goes to a temp file (writer thread).
 SPILL = 1 << 20
+#: An upload held in memory up to this size is checked on the socket loop (~0.3 ms for a small
+#: package, a few ms at this size) and written by the SyncBarrier's thread: a hand-off to a
+#: validation thread and back cost more than the check (GIL hand-offs and context switches).
+INLINE_CHECK = 64 * 1024
 
 
 class Store:
@@ -118,7 +122,9 @@ class Store:
 class SyncBarrier:
     """Group commit for durability: `after(fn)` runs `fn(error)` once everything written before
     the call is on disk; one thread makes everything asked for meanwhile durable with a single
-    `syncfs()` of the store's filesystem.
+    `syncfs()` of the store's filesystem. `after(fn, write)`: that thread runs `write()` first
+    (the disk work of a small upload, kept off the socket loop without a thread of its own), and
+    `fn` gets what it raised.
 
     Why not fsync per upload: with the file's fsync and its directory's, each package cost two
     journal commits, and on 5,000 small packages the validation threads spent most of their
@@ -127,12 +133,12 @@ class SyncBarrier:
 
     def __init__(self, path: Path) -> None:
         self._fd = os.open(path, os.O_RDONLY)
-        self._queue: queue.SimpleQueue[Callable[[OSError | None], None] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Durable | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="store-sync", daemon=True)
         self._thread.start()
 
-    def after(self, fn: Callable[[OSError | None], None]) -> None:
-        self._queue.put(fn)
+    def after(self, fn: Callable[[Exception | None], None], write: Callable[[], None] | None = None) -> None:
+        self._queue.put(_Durable(fn, write))
 
     def wait(self, timeout: float = 60.0) -> None:
         """Block until everything written before the call is on disk (for callers that may wait)."""
@@ -152,27 +158,44 @@ class SyncBarrier:
         while (first := self._queue.get()) is not None:
             group, stop = [first], False
             while not self._queue.empty():
-                fn = self._queue.get()
-                if fn is None:
+                item = self._queue.get()
+                if item is None:
                     stop = True
                     break
-                group.append(fn)
+                group.append(item)
             self._sync_for(group)
             if stop:
                 return
 
-    def _sync_for(self, group: list[Callable[[OSError | None], None]]) -> None:
+    def _sync_for(self, group: list[_Durable]) -> None:
+        failed = [_written(item) for item in group]
         try:
             _syncfs(self._fd)
             error = None
         except OSError as exc:
             log.error("cannot sync the store to disk: %s", exc)
             error = exc
-        for fn in group:
+        for item, write_error in zip(group, failed, strict=True):
             try:
-                fn(error)
+                item.fn(write_error or error)
             except Exception:  # one caller's bug must not cost the others their answer
                 log.exception("store sync: a callback failed")
+
+
+class _Durable(NamedTuple):
+    fn: Callable[[Exception | None], None]
+    write: Callable[[], None] | None
+
+
+def _written(item: _Durable) -> Exception | None:
+    """Run the item's write, if any; what it raised goes to its callback instead of the sync's."""
+    if item.write is None:
+        return None
+    try:
+        item.write()
+    except Exception as exc:
+        return exc
+    return None
 
 
 def _syncfs(fd: int) -> None:
@@ -350,16 +373,31 @@ class Receiver(Component):
             self.node.send(identity, protocol.Rejected(key=tr.key, reason=reason, retry=False))
             return
         self._validating += 1
-        # after the writer: validation starts once every chunk before the trailer is written
-        self._writer.run(functools.partial(self._pool.submit, self._validate, identity, up, tr, pkg[1]), small=True)
+        if up is not None and up.fh is None and up.size <= INLINE_CHECK and self._writer.idle():
+            self._check_here(identity, up, tr, pkg[1])
+        else:  # after the writer: validation starts once every chunk before the trailer is written
+            self._writer.run(functools.partial(self._pool.submit, self._validate, identity, up, tr, pkg[1]),
+                             small=True)
         if self._validating <= EARLY_SETTLE_BACKLOG:
             self.node.broker.settle(tr.drone, tr.key)
+
+    def _check_here(self, identity: bytes, up: Upload, tr: protocol.Trailer, cpv: str) -> None:
+        """A small upload, on the loop: checked from memory, then written and made durable by
+        the SyncBarrier's thread."""
+        try:
+            info = self._check(up, tr, cpv)
+        except ArtifactError as exc:
+            self._verdict(functools.partial(self._reject, identity, tr, str(exc)))
+            return
+        self.durable.after(functools.partial(self._durable_verdict, identity, tr, info),
+                           write=functools.partial(self._keep, up, info))
 
     def _validate(self, identity: bytes, up: Upload | None, tr: protocol.Trailer, cpv: str) -> None:
         """Worker thread: the verdict goes back to the loop, which owns the sockets, and is
         dropped there if this node stopped leading meanwhile."""
         try:
-            info = self._finish(up, tr, cpv)
+            info = self._check(up, tr, cpv)
+            self._keep(up, info)
         except ArtifactError as exc:
             self._post_verdict(functools.partial(self._reject, identity, tr, str(exc)))
         except Exception as exc:  # the store's disk, or a bug: never leave an upload unanswered
@@ -370,11 +408,13 @@ class Receiver(Component):
             self.durable.after(functools.partial(self._durable_verdict, identity, tr, info))
 
     def _durable_verdict(self, identity: bytes, tr: protocol.Trailer, info: gpkg.GpkgInfo,
-                         error: OSError | None) -> None:
+                         error: Exception | None) -> None:
         if error is None:
             self._post_verdict(functools.partial(self._commit, identity, tr, info))
         else:
-            reason = f"{TransferError.PREFIX}cannot sync the store: {error}"
+            if not isinstance(error, OSError):
+                log.error("cannot store the upload of %s", tr.key, exc_info=error)
+            reason = f"{TransferError.PREFIX}cannot store it: {error}"
             self._post_verdict(functools.partial(self._reject, identity, tr, reason))
 
     def _post_verdict(self, verdict: Callable[[], None]) -> None:
@@ -385,28 +425,31 @@ class Receiver(Component):
         if self.node.is_leader():
             verdict()
 
-    def _finish(self, up: Upload | None, tr: protocol.Trailer, cpv: str) -> gpkg.GpkgInfo:
+    def _check(self, up: Upload | None, tr: protocol.Trailer, cpv: str) -> gpkg.GpkgInfo:
         """Check the transfer, then the package; raise ArtifactError(retry?) on failure.
 
         The sha256 comes out of the same read as the GPKG checks (not hashed chunk by chunk on
-        the socket loop): every byte is read once, off the loop. An upload still in memory is
-        checked there and written once, not written and read back."""
+        the socket loop): every byte is read once. An upload still in memory is checked there
+        and written once, not written and read back."""
         if up is None:
             raise TransferError("no data arrived for this upload (lost frames); send it again")
         try:
             _check_transfer(up, tr)
-            if up.fh is None:  # still in memory: checked there, then written once
-                info = _inspect(Path(f"{tr.upload}.upload"), tr, cpv, bytes(up.buf))
-                path = up.to_file()
-            else:
-                path = up.to_file()
-                info = _inspect(path, tr, cpv)
-            self.store.put(path, info.sha256)  # made durable by self.durable, in groups
-            self.node.releases.entries.record(info)  # parsed in full just now: no second read
-            return info
+            if up.fh is None:
+                return _inspect(Path(f"{tr.upload}.upload"), tr, cpv, bytes(up.buf))
+            return _inspect(up.to_file(), tr, cpv)
         except BaseException:
             up.discard()
             raise
+
+    def _keep(self, up: Upload, info: gpkg.GpkgInfo) -> None:
+        """Into the store (made durable by self.durable, in groups) and the index journal."""
+        try:
+            self.store.put(up.to_file(), info.sha256)
+        except BaseException:
+            up.discard()
+            raise
+        self.node.releases.entries.record(info)  # parsed in full just now: no second read
 
     def _commit(self, identity: bytes, tr: protocol.Trailer, info: gpkg.GpkgInfo) -> None:
         result = received_result(info, self.node.name)
@@ -479,10 +522,14 @@ class _Writer:
     def run(self, work: Callable[[], Any], small: bool) -> None:
         """Small work runs at once on the caller's thread when nothing is queued (order is kept,
         and a 2 KiB package costs no thread hand-off); anything else is queued."""
-        if small and self._queue.unfinished_tasks == 0:
+        if small and self.idle():
             work()
         else:
             self._queue.put(work)
+
+    def idle(self) -> bool:
+        """Nothing queued or running: work done now keeps the arrival order."""
+        return self._queue.unfinished_tasks == 0
 
     def want_resume(self) -> None:
         """Call `resume` (once) when the backlog is down to half."""

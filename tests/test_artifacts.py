@@ -170,6 +170,28 @@ def test_a_failed_sync_is_reported_to_every_caller(tmp_path, monkeypatch):
     assert len(got) == 1 and isinstance(got[0], OSError)
 
 
+def test_a_write_runs_before_the_sync_and_its_error_goes_to_its_caller_only(tmp_path, monkeypatch):
+    events = []
+    monkeypatch.setattr(artifacts, "_syncfs", lambda fd: events.append("sync"))
+    barrier = artifacts.SyncBarrier(tmp_path)
+    got = {}
+
+    def broken_write():
+        raise OSError(28, "No space left on device")
+
+    started, release = threading.Event(), threading.Event()
+    barrier.after(lambda err: (started.set(), release.wait(5)))  # holds the thread: the next three are one group
+    assert started.wait(5)
+    barrier.after(lambda err: got.setdefault("a", err), write=lambda: events.append("write a"))
+    barrier.after(lambda err: got.setdefault("b", err), write=broken_write)
+    barrier.after(lambda err: got.setdefault("c", err))
+    release.set()
+    barrier.close()
+    assert events == ["sync", "write a", "sync"]
+    assert got["a"] is None and got["c"] is None
+    assert isinstance(got["b"], OSError) and got["b"].errno == 28
+
+
 def test_wait_returns_once_synced_and_raises_what_the_sync_raised(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(artifacts, "_syncfs", calls.append)
