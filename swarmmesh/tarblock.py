@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 import zlib
 from collections.abc import Callable, Iterator
 from typing import NamedTuple, TypeVar
@@ -174,7 +175,7 @@ class TarReader:
     def body(self, member: Member) -> bytes:
         """A (small) member's data, read whole with its padding."""
         total = padded(member.size)
-        data = self._read(total)
+        data = self._read(total) if total <= sys.maxsize else b""  # no file holds more, nor can a read take it
         if len(data) < total:
             raise self.fail(f"{member.name!r} is cut short: the file ends inside it")
         return data[:member.size]

@@ -8,6 +8,7 @@ strict reader) is tested on its own in test_tarblock.py.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import io
 import os
@@ -20,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swarmmesh import gpkg
+from swarmmesh import gpkg, tarblock
 from swarmmesh.errors import ArtifactError, InputError
 from swarmmesh.gpkg import inspect_gpkg, write_gpkg
 
@@ -170,6 +171,17 @@ def test_inspect_rejects_bad_metadata(tmp_path: Path, override: dict[str, str], 
 def test_inspect_bounds_metadata_decompression(package: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(gpkg, "_MAX_METADATA_TAR", 2000)
     with pytest.raises(ArtifactError, match="unpacks to over 2000 bytes"):
+        inspect_gpkg(package)
+
+
+def test_a_metadata_member_sized_past_any_file_is_refused(package: Path) -> None:
+    """A base-256 size of 2**87 in metadata.tar, behind a Manifest that matches: refused with a
+    clear message (it was an OverflowError from the read)."""
+    members = _members(package)
+    inner = tarblock.tar_header("metadata/X", 1 << 87, 0) + bytes(1024)
+    members = _tampered(members, members[1][0], gzip.compress(inner))
+    _rewrite(package, _with_manifest(members, _digests(("BLAKE2B", None), ("SHA512", None))))
+    with pytest.raises(ArtifactError, match=r"metadata\.tar\.gz is not a readable tar \('metadata/X' is cut short"):
         inspect_gpkg(package)
 
 

@@ -113,6 +113,13 @@ def test_base_256_sizes_are_read() -> None:
         assert reader.next() == tarblock.Member(name, 9 << 30, tarfile.REGTYPE)
 
 
+def test_a_size_past_any_file_is_cut_short_not_an_overflow() -> None:
+    """A base-256 size field reaches 2**88: no archive holds such a member, and no read call takes
+    that many bytes (BytesIO.read raised OverflowError, which no caller expects)."""
+    with pytest.raises(ArtifactError, match="'p-1/metadata/X' is cut short"):
+        _read(tarblock.tar_header("p-1/metadata/X", 1 << 87, MTIME) + bytes(2 * tarblock.BLOCK))
+
+
 def test_sizes_round_up_to_whole_blocks() -> None:
     assert [tarblock.padded(size) for size in (0, 1, 512, 513)] == [0, 512, 512, 1024]
     assert [len(tarblock.pad(size)) for size in (0, 1, 512, 513)] == [0, 511, 0, 511]
