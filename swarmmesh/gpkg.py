@@ -49,10 +49,17 @@ log = logging.getLogger(__name__)
 _CHUNK = 1 << 20  # files are read, and image data made, in pieces of this size
 
 
+def _hash_constructor(name: str) -> Callable[[], Any]:
+    """hashlib's own constructor for `name`: hashlib.new looks the name up on every call (~0.4 us,
+    ~15 times per package); the same digests either way."""
+    return getattr(hashlib, name, None) or functools.partial(hashlib.new, name)
+
+
 # ---------------------------------------------------------------------------------------------
 # Writing GPKGs (GLEP 78)
 
 _HASHES = tuple(sorted(MANIFEST2_HASH_DEFAULTS, reverse=True))  # ("SHA512", "BLAKE2B"), as Portage
+_HASH_NEW = tuple(_hash_constructor(algo.lower()) for algo in _HASHES)
 _META_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
 _SIM_ENV = 'declare -x EAPI="{eapi}"\ndeclare -x SLOT="{slot}"\n'
 _SIM_EBUILD = 'EAPI={eapi}\nDESCRIPTION="{desc}"\nSLOT="{slot}"\nKEYWORDS="{kw}"\nLICENSE="{lic}"\n'
@@ -135,7 +142,7 @@ def _sim_metadata(ref: PackageRef, repo: str, build_id: int, extra: dict[str, st
         "CBUILD": "x86_64-pc-linux-gnu",
     }
     meta.update(extra)
-    bad = [key for key in meta if not _META_KEY.fullmatch(key)]
+    bad = [key for key in extra if not _META_KEY.fullmatch(key)]  # the keys above are all NAME-like
     if bad:
         raise InputError(f"metadata keys {bad!r} cannot be GPKG metadata file names; use NAME-like keys")
     return meta
@@ -220,7 +227,7 @@ def _add_member(out: BinaryIO, basename: str, name: str, chunks: Iterable[bytes]
     """Append one member; returns its Manifest line (size + the hashes Portage records)."""
     start, member = out.tell(), f"{basename}/{name}"
     out.write(bytes(tarblock.header_size(member)))
-    hashes = [hashlib.new(algo.lower()) for algo in _HASHES]
+    hashes = [new() for new in _HASH_NEW]
     size = 0
     for chunk in chunks:
         out.write(chunk)
