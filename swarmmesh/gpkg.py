@@ -258,6 +258,7 @@ _MEMBER = re.compile(r"gpkg-1|Manifest|(?:metadata|image)\.tar(?:\.(?:gz|bz2|xz|
 _CHECKABLE = {"BLAKE2B": "blake2b", "SHA512": "sha512", "SHA256": "sha256", "BLAKE2S": "blake2s",
               "SHA3_256": "sha3_256", "SHA3_512": "sha3_512"}
 _STREAMED = tuple(algo for algo in _CHECKABLE if algo in MANIFEST2_HASH_DEFAULTS)  # ("BLAKE2B", "SHA512")
+_STREAMED_NEW = tuple(_hash_constructor(_CHECKABLE[algo]) for algo in _STREAMED)
 _WHOLE_FILE = 3  # sha256, md5 and sha1 of the whole file, for the index
 _THREADED_FROM = 1 << 20  # below this, threads cost more than the digests they would overlap
 _LANE_DEPTH = 3  # chunks queued per digest thread: memory stays at a few MiB for any file size
@@ -282,7 +283,8 @@ _Opener = Callable[[], BinaryIO]  # opens the file being inspected (again), from
 class _Digest(NamedTuple):
     size: int
     offset: int  # of the member's data in the file, to hash it again with an algorithm not streamed
-    digests: tuple[Any, ...]  # one hash object per _STREAMED algorithm, final once the lanes are joined
+    digests: list[Any]  # one hash object per _STREAMED algorithm, final once the lanes are joined; none for
+    # the Manifest, which lists no digest of itself
 
 
 @dataclass
@@ -349,10 +351,6 @@ class _Lane:
                     self.error = exc
 
 
-def _call(call: Callable[[Any], Any], data: Any) -> None:
-    call(data)
-
-
 class _Digests:
     """The whole-file sha256, md5 and sha1 (the index needs them) and the member digests (one per
     _STREAMED algorithm), fed in file order: inline for small files, from one lane per digest for
@@ -360,18 +358,25 @@ class _Digests:
 
     def __init__(self, threaded: bool) -> None:
         self.whole = [hashlib.sha256(), hashlib.md5(usedforsecurity=False), hashlib.sha1(usedforsecurity=False)]
-        count = _WHOLE_FILE + len(_STREAMED)
-        self._lanes = [_Lane() for _ in range(count)] if threaded else []
-        runs = [lane.put for lane in self._lanes] or [_call] * count
-        self._file_runs, self._member_runs = runs[:_WHOLE_FILE], runs[_WHOLE_FILE:]
+        self._lanes = [_Lane() for _ in range(_WHOLE_FILE + len(_STREAMED))] if threaded else []
+        self._file_lanes, self._member_lanes = self._lanes[:_WHOLE_FILE], self._lanes[_WHOLE_FILE:]
 
     def file_chunk(self, chunk: bytes) -> None:
-        for run, digest in zip(self._file_runs, self.whole, strict=True):
-            run(digest.update, chunk)
+        self._update(self._file_lanes, self.whole, chunk)
 
-    def member_piece(self, member_digests: tuple[Any, ...], piece: memoryview) -> None:
-        for run, digest in zip(self._member_runs, member_digests, strict=True):
-            run(digest.update, piece)
+    def member_piece(self, member_digests: list[Any], piece: memoryview) -> None:
+        if member_digests:
+            self._update(self._member_lanes, member_digests, piece)
+
+    @staticmethod
+    def _update(lanes: list[_Lane], digests: list[Any], data: bytes | memoryview) -> None:
+        """Each digest updated inline, or by its lane in a big file."""
+        if not lanes:
+            for digest in digests:
+                digest.update(data)
+            return
+        for lane, digest in zip(lanes, digests, strict=True):
+            lane.put(digest.update, data)
 
     def close(self) -> None:
         for lane in self._lanes:
@@ -428,7 +433,7 @@ def _scan_container(source: _Source, digests: _Digests, label: str) -> _Scan:
     while (member := tar.next()) is not None:
         _check_member(member, scan, label)
         base = member.name.partition("/")[2]
-        scan.members[base], kept = _read_member(source, tar, member, digests)
+        scan.members[base], kept = _read_member(source, tar, member, base, digests)
         if kept is not None:
             scan.kept[base] = kept
         tar.padding(member.size)
@@ -447,19 +452,28 @@ def _check_member(member: tarblock.Member, scan: _Scan, label: str) -> None:
         if base != "gpkg-1" or not top or top in (".", ".."):
             raise ArtifactError(f"{label}: first member is {name!r}, not <name>/gpkg-1: not a GPKG")
         scan.top = top
-    problems = (
-        (name.startswith("/") or ".." in name.split("/"), "an absolute or '..' path"),
-        (top != scan.top or "/" in base, f"outside the single top directory {scan.top!r}"),
-        (member.kind not in tarblock.REGULAR, "not a regular file (link, device or dir)"),
-        (not _MEMBER.fullmatch(base), "not a GPKG member name"),
-        (base in scan.members, "a duplicate"),
-    )
-    for failed, why in problems:
-        if failed:
-            raise ArtifactError(f"{label}: member {name!r} is {why}; the file is not a valid GPKG")
+    why = _layout_problem(member, top, base, scan)
+    if why is not None:
+        raise ArtifactError(f"{label}: member {name!r} is {why}; the file is not a valid GPKG")
     limit = _MAX_MANIFEST if base == "Manifest" else _MAX_METADATA
     if _keeps(base) and member.size > limit:
         raise ArtifactError(f"{label}: {base} is {member.size} bytes, over the {limit} byte limit")
+
+
+def _layout_problem(member: tarblock.Member, top: str, base: str, scan: _Scan) -> str | None:
+    """The first way the member breaks the layout, if any; an if-chain rather than a table so
+    that nothing (such as a message) is built for the members that pass."""
+    if member.name.startswith("/") or ".." in member.name.split("/"):
+        return "an absolute or '..' path"
+    if top != scan.top or "/" in base:
+        return f"outside the single top directory {scan.top!r}"
+    if member.kind not in tarblock.REGULAR:
+        return "not a regular file (link, device or dir)"
+    if not _MEMBER.fullmatch(base):
+        return "not a GPKG member name"
+    if base in scan.members:
+        return "a duplicate"
+    return None
 
 
 def _keeps(base: str) -> bool:
@@ -467,10 +481,10 @@ def _keeps(base: str) -> bool:
     return base == "Manifest" or (base.startswith("metadata.tar") and not base.endswith(".sig"))
 
 
-def _read_member(source: _Source, tar: tarblock.TarReader, member: tarblock.Member,
+def _read_member(source: _Source, tar: tarblock.TarReader, member: tarblock.Member, base: str,
                  digests: _Digests) -> tuple[_Digest, bytes | None]:
-    keep = _keeps(member.name.partition("/")[2])
-    hashes = tuple(hashlib.new(_CHECKABLE[algo]) for algo in _STREAMED)
+    keep = _keeps(base)
+    hashes = [] if base == "Manifest" else [new() for new in _STREAMED_NEW]
     offset, got, kept = source.offset, 0, []
     for piece in source.pieces(member.size):
         digests.member_piece(hashes, piece)
