@@ -193,21 +193,31 @@ def _payload_for(size: int, basename: str, metadata_size: int) -> int:
 
 
 def _image_chunks(ref: PackageRef, payload: int, seed: int, mtime: int) -> Iterator[bytes]:
-    """image.tar as Portage lays it out (image/ + the installed tree), one file of `payload` bytes."""
-    for name in ("image/", "image/usr/", "image/usr/share/", f"image/usr/share/{ref.pn}/"):
-        yield tarblock.tar_header(name, 0, mtime, tarblock.DIRTYPE)
-    yield tarblock.tar_header(f"image/usr/share/{ref.pn}/{ref.pf}.bin", payload, mtime)
+    """image.tar as Portage lays it out (image/ + the installed tree), one file of `payload` bytes.
+    The headers go as one chunk: each chunk costs a compress call and two hash updates."""
+    pn = ref.pn
+    yield (_image_top(mtime) + tarblock.tar_header(f"image/usr/share/{pn}/", 0, mtime, tarblock.DIRTYPE)
+           + tarblock.tar_header(f"image/usr/share/{pn}/{ref.pf}.bin", payload, mtime))
     rng = random.Random(f"{ref.cpv}#{seed}")
     for offset in range(0, payload, _CHUNK):
         yield rng.randbytes(min(_CHUNK, payload - offset))
     yield tarblock.pad(payload) + bytes(1024)
 
 
+@functools.lru_cache(maxsize=4)
+def _image_top(mtime: int) -> bytes:
+    """The headers of image/, image/usr/ and image/usr/share/: the same in every package of a second."""
+    return b"".join(tarblock.tar_header(name, 0, mtime, tarblock.DIRTYPE)
+                    for name in ("image/", "image/usr/", "image/usr/share/"))
+
+
 def _gzip_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Streamed gzip; Z_RLE is 2x faster than level 1 on random bytes and still folds zeros."""
+    """Streamed gzip; Z_RLE is 2x faster than level 1 on random bytes and still folds zeros. The
+    compressor holds back small inputs: the empty outputs are not passed on to be written and hashed."""
     zobj = zlib.compressobj(1, zlib.DEFLATED, 31, 9, zlib.Z_RLE)
     for chunk in chunks:
-        yield zobj.compress(chunk)
+        if out := zobj.compress(chunk):
+            yield out
     yield zobj.flush()
 
 
@@ -215,7 +225,7 @@ def _write_container(out: BinaryIO, basename: str, mtime: int, metadata: bytes, 
     """The outer tar, by hand: a streamed member's size is patched into its header afterwards
     (tarfile wants it first), and no 10 KiB record padding inflates tiny packages."""
     records = [
-        _add_member(out, basename, "gpkg-1", [b""], mtime),
+        _add_member(out, basename, "gpkg-1", [], mtime),
         _add_member(out, basename, "metadata.tar.gz", [metadata], mtime),
         _add_member(out, basename, "image.tar.gz", _gzip_chunks(image), mtime),
     ]
