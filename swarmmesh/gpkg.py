@@ -515,8 +515,9 @@ def _check_manifest(scan: _Scan, opener: _Opener, label: str) -> None:
     but BLAKE2B right (a packager bug, or a Manifest edited by hand) would pass a single check
     here and then fail on every client."""
     members = {base for base in scan.members if base != "Manifest"}
+    unsigned = [base for base in scan.members if not base.endswith(".sig")]
     for wanted in ("Manifest", "metadata.tar", "image.tar"):
-        if sum(base.startswith(wanted) and not base.endswith(".sig") for base in scan.members) != 1:
+        if len([base for base in unsigned if base.startswith(wanted)]) != 1:
             raise ArtifactError(f"{label}: not exactly one {wanted}[.*] member; the file is not a valid GPKG")
     records = _parse_manifest(scan.kept["Manifest"], label)
     if set(records) != members:
@@ -536,9 +537,11 @@ def _check_listed(base: str, member: _Digest, record: tuple[int, dict[str, str]]
     if listed_size != member.size:
         raise ArtifactError(f"{label}: {base} does not match its Manifest size ({member.size} bytes, {listed_size}"
                             " listed): corrupted or tampered; rebuild and resend the package")
-    actual = {algo: digest.hexdigest() for algo, digest in zip(_STREAMED, member.digests, strict=True)
-              if algo in listed}
-    actual.update(_reread(member, [algo for algo in algos if algo not in actual], opener))
+    unstreamed = [algo for algo in algos if algo not in _STREAMED]
+    actual = _reread(member, unstreamed, opener) if unstreamed else {}
+    for algo, digest in zip(_STREAMED, member.digests, strict=True):
+        if algo in listed:
+            actual[algo] = digest.hexdigest()
     for algo in algos:
         if listed[algo].lower() != actual[algo]:
             raise ArtifactError(f"{label}: {base} does not match its Manifest {algo} digest (corrupted, tampered"
