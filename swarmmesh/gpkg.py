@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 _CHUNK = 1 << 20  # files are read, and image data made, in pieces of this size
 
 
-def _hash_constructor(name: str) -> Callable[[], Any]:
+def _hash_constructor(name: str) -> Callable[..., Any]:
     """hashlib's own constructor for `name`: hashlib.new looks the name up on every call (~0.4 us,
     ~15 times per package); the same digests either way."""
     return getattr(hashlib, name, None) or functools.partial(hashlib.new, name)
@@ -222,19 +222,28 @@ def _gzip_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
 
 
 def _write_container(out: BinaryIO, basename: str, mtime: int, metadata: bytes, image: Iterable[bytes]) -> None:
-    """The outer tar, by hand: a streamed member's size is patched into its header afterwards
+    """The outer tar, by hand: the streamed member's size is patched into its header afterwards
     (tarfile wants it first), and no 10 KiB record padding inflates tiny packages."""
     records = [
-        _add_member(out, basename, "gpkg-1", [], mtime),
-        _add_member(out, basename, "metadata.tar.gz", [metadata], mtime),
-        _add_member(out, basename, "image.tar.gz", _gzip_chunks(image), mtime),
+        _add_member(out, basename, "gpkg-1", b"", mtime),
+        _add_member(out, basename, "metadata.tar.gz", metadata, mtime),
+        _add_streamed(out, basename, "image.tar.gz", _gzip_chunks(image), mtime),
     ]
-    _add_member(out, basename, "Manifest", ["".join(records).encode()], mtime)
+    _add_member(out, basename, "Manifest", "".join(records).encode(), mtime)
     out.write(bytes(1024))
 
 
-def _add_member(out: BinaryIO, basename: str, name: str, chunks: Iterable[bytes], mtime: int) -> str:
-    """Append one member; returns its Manifest line (size + the hashes Portage records)."""
+def _add_member(out: BinaryIO, basename: str, name: str, data: bytes, mtime: int) -> str:
+    """Append a member held in memory, its header first; returns its Manifest line."""
+    out.write(tarblock.tar_header(f"{basename}/{name}", len(data), mtime))
+    out.write(data)
+    out.write(tarblock.pad(len(data)))
+    return _manifest_line(name, len(data), [new(data) for new in _HASH_NEW])
+
+
+def _add_streamed(out: BinaryIO, basename: str, name: str, chunks: Iterable[bytes], mtime: int) -> str:
+    """Append a member of unknown size: its header is written over a placeholder once the size is
+    known. Returns its Manifest line."""
     start, member = out.tell(), f"{basename}/{name}"
     out.write(bytes(tarblock.header_size(member)))
     hashes = [new() for new in _HASH_NEW]
@@ -249,6 +258,11 @@ def _add_member(out: BinaryIO, basename: str, name: str, chunks: Iterable[bytes]
     out.seek(start)
     out.write(tarblock.tar_header(member, size, mtime))
     out.seek(end)
+    return _manifest_line(name, size, hashes)
+
+
+def _manifest_line(name: str, size: int, hashes: list[Any]) -> str:
+    """A DATA line: the size and the digests Portage records."""
     sums = " ".join(f"{algo} {digest.hexdigest()}" for algo, digest in zip(_HASHES, hashes, strict=True))
     return f"DATA {name} {size} {sums}\n"
 
