@@ -375,13 +375,17 @@ class _Lane:
                     self.error = exc
 
 
+def _whole_file_digests(data: bytes = b"") -> list[Any]:
+    return [hashlib.sha256(data), hashlib.md5(data, usedforsecurity=False), hashlib.sha1(data, usedforsecurity=False)]
+
+
 class _Digests:
     """The whole-file sha256, md5 and sha1 (the index needs them) and the member digests (one per
     _STREAMED algorithm), fed in file order: inline for small files, from one lane per digest for
     big ones."""
 
     def __init__(self, threaded: bool) -> None:
-        self.whole = [hashlib.sha256(), hashlib.md5(usedforsecurity=False), hashlib.sha1(usedforsecurity=False)]
+        self.whole = _whole_file_digests()
         self._lanes = [_Lane() for _ in range(_WHOLE_FILE + len(_STREAMED))] if threaded else []
         self._file_lanes, self._member_lanes = self._lanes[:_WHOLE_FILE], self._lanes[_WHOLE_FILE:]
 
@@ -423,11 +427,7 @@ def inspect_gpkg(path: str | os.PathLike[str], *, expect_cpv: str | None = None,
     label = os.path.basename(os.fspath(path))
     opener: _Opener = (lambda: io.BytesIO(data)) if data is not None else (lambda: open(path, "rb", buffering=0))
     try:
-        with opener() as raw:
-            size = len(data) if data is not None else os.fstat(raw.fileno()).st_size
-            if size <= _MIN_SIZE:
-                raise ArtifactError(f"{label}: {size} bytes is too small for a GPKG (over {_MIN_SIZE} expected)")
-            scan, (sha256, md5, sha1) = _scan_file(raw, size, label)
+        size, scan, (sha256, md5, sha1) = _scan(opener, data, label)
         _check_manifest(scan, opener, label)
     except OSError as exc:
         raise ArtifactError(f"{label}: cannot read the file ({exc.strerror or exc})") from exc
@@ -440,24 +440,54 @@ def inspect_gpkg(path: str | os.PathLike[str], *, expect_cpv: str | None = None,
     return GpkgInfo(cpv, int(build_id) if build_id else None, size, sha256, md5, sha1, meta)
 
 
+def _scan(opener: _Opener, data: bytes | None, label: str) -> tuple[int, _Scan, list[str]]:
+    """The file's size, structure and whole-file digests: sliced out of `data` when the caller
+    holds a small file, else streamed."""
+    if data is not None and _MIN_SIZE < len(data) < _THREADED_FROM:
+        return len(data), *_scan_bytes(data, label)
+    with opener() as raw:
+        size = len(data) if data is not None else os.fstat(raw.fileno()).st_size
+        if size <= _MIN_SIZE:
+            raise ArtifactError(f"{label}: {size} bytes is too small for a GPKG (over {_MIN_SIZE} expected)")
+        return size, *_scan_file(raw, size, label)
+
+
 def _scan_file(raw: BinaryIO, size: int, label: str) -> tuple[_Scan, list[str]]:
     """One pass over every byte: structure, member digests and whole-file digests together."""
     digests = _Digests(threaded=size >= _THREADED_FROM)
     try:
-        scan = _scan_container(_Source(raw, digests.file_chunk, min(size, _CHUNK)), digests, label)
+        source = _Source(raw, digests.file_chunk, min(size, _CHUNK))
+        scan = _scan_container(_outer_reader(source.read, label),
+                               functools.partial(_read_member, source, digests), label)
     finally:
         digests.close()
     return scan, digests.hexdigests()
 
 
-def _scan_container(source: _Source, digests: _Digests, label: str) -> _Scan:
+def _scan_bytes(data: bytes, label: str) -> tuple[_Scan, list[str]]:
+    """`_scan_file` for a small file held in memory: each member's data is a slice of it, hashed
+    in one call, where the streamed pass spends a dozen calls per member (~15% of an inspection)."""
+    raw = io.BytesIO(data)
+    scan = _scan_container(_outer_reader(raw.read, label),
+                           functools.partial(_slice_member, raw, memoryview(data)), label)
+    return scan, [digest.hexdigest() for digest in _whole_file_digests(data)]
+
+
+def _outer_reader(read: Callable[[int], bytes], label: str) -> tarblock.TarReader:
+    return tarblock.TarReader(read, f"{label}: not a readable GPKG tar archive", "rebuild and resend the package")
+
+
+_MemberReader = Callable[[tarblock.TarReader, tarblock.Member, str], tuple["_Digest", bytes | None]]
+
+
+def _scan_container(tar: tarblock.TarReader, read: _MemberReader, label: str) -> _Scan:
+    """Every member checked against the layout and read by `read` (its digests, and its data if
+    kept), then the tail."""
     scan = _Scan()
-    tar = tarblock.TarReader(source.read, f"{label}: not a readable GPKG tar archive",
-                             "rebuild and resend the package")
     while (member := tar.next()) is not None:
         _check_member(member, scan, label)
         base = member.name.partition("/")[2]
-        scan.members[base], kept = _read_member(source, tar, member, base, digests)
+        scan.members[base], kept = read(tar, member, base)
         if kept is not None:
             scan.kept[base] = kept
         tar.padding(member.size)
@@ -505,8 +535,8 @@ def _keeps(base: str) -> bool:
     return base == "Manifest" or (base.startswith("metadata.tar") and not base.endswith(".sig"))
 
 
-def _read_member(source: _Source, tar: tarblock.TarReader, member: tarblock.Member, base: str,
-                 digests: _Digests) -> tuple[_Digest, bytes | None]:
+def _read_member(source: _Source, digests: _Digests, tar: tarblock.TarReader, member: tarblock.Member,
+                 base: str) -> tuple[_Digest, bytes | None]:
     keep = _keeps(base)
     hashes = [] if base == "Manifest" else [new() for new in _STREAMED_NEW]
     offset, got, kept = source.offset, 0, []
@@ -518,6 +548,18 @@ def _read_member(source: _Source, tar: tarblock.TarReader, member: tarblock.Memb
     if got < member.size:
         raise tar.fail(f"{member.name!r} is cut short: the file ends inside it")
     return _Digest(member.size, offset, hashes), b"".join(kept) if keep else None
+
+
+def _slice_member(raw: io.BytesIO, view: memoryview, tar: tarblock.TarReader, member: tarblock.Member,
+                  base: str) -> tuple[_Digest, bytes | None]:
+    """`_read_member` for a file in memory: the member's data is a slice of the file."""
+    offset = raw.tell()
+    piece = view[offset:offset + member.size]
+    if len(piece) < member.size:
+        raise tar.fail(f"{member.name!r} is cut short: the file ends inside it")
+    raw.seek(len(piece), os.SEEK_CUR)
+    hashes = [] if base == "Manifest" else [new(piece) for new in _STREAMED_NEW]
+    return _Digest(member.size, offset, hashes), bytes(piece) if _keeps(base) else None
 
 
 def _check_manifest(scan: _Scan, opener: _Opener, label: str) -> None:

@@ -8,6 +8,7 @@ strict reader) is tested on its own in test_tarblock.py.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import hashlib
 import io
@@ -105,6 +106,29 @@ def test_inspect_of_bytes_in_memory_is_the_inspection_of_the_file(package: Path,
     with pytest.raises(ArtifactError, match="never-written.gpkg.tar"):
         inspect_gpkg(elsewhere, data=bytes(spoiled))
     assert not elsewhere.exists()
+
+
+def _outcome(inspect) -> str:
+    try:
+        return repr(inspect())
+    except ArtifactError as exc:
+        return f"ArtifactError: {exc}"
+
+
+def test_bytes_in_memory_and_the_file_take_the_same_verdicts_on_damage(tmp_path: Path) -> None:
+    """A small file held in memory is scanned by slicing, a file by streaming: the same checks in
+    the same order, so every damaged copy gets the same verdict and message either way."""
+    path = tmp_path / "p.gpkg.tar"
+    whole = gpkg.gpkg_bytes("cat/pkg-1.0", size=2048, metadata={"BUILD_TIME": "1"})
+    flips = [whole[:at] + bytes([whole[at] ^ 0x01]) + whole[at + 1:] for at in range(0, len(whole), 61)]
+    cuts = [whole[:at] for at in range(900, len(whole), 199)]
+    verdicts = set()
+    for data in [whole, *flips, *cuts, whole[:2048] + b"junk" + whole[2048:]]:
+        path.write_bytes(data)
+        by_file = _outcome(functools.partial(inspect_gpkg, path))
+        assert _outcome(functools.partial(inspect_gpkg, path, data=data)) == by_file
+        verdicts.add(by_file.partition("(")[0])
+    assert len(verdicts) > 5  # the damage reached several different checks
 
 
 def test_inspect_rejects_junk_tiny_empty_and_missing_files(tmp_path: Path) -> None:
