@@ -119,12 +119,22 @@ _NO_DEVICE = bytes(16)
 _NO_DEVICE_NOR_PREFIX = bytes(17)  # device numbers, then the first byte of the name prefix
 
 
-def _is_plain(block: bytes) -> bool:
-    """A header as tarfile and `tar_header` write one for a name under 100 bytes: canonical number
-    fields, no device numbers, ustar magic and no name prefix. Three comparisons, where the
-    field-by-field checks of `_numbers` and `_name` take ~1 us; anything else takes that path."""
-    return (int.from_bytes(block[100:156], "big") & _CANONICAL_MASK == _CANONICAL
-            and block[329:346] == _NO_DEVICE_NOR_PREFIX and block[257:265] == _USTAR_MAGIC)
+def _plain_member(block: bytes) -> Member | None:
+    """The member of a plain, valid header, else None. Plain: as tarfile and `tar_header` write one
+    for a name under 100 bytes (canonical number fields, no device numbers, ustar magic, no name
+    prefix), checked in three comparisons where the field-by-field checks take ~1 us. Valid: the
+    checksum is right, the type is one GPKGs use and the name is UTF-8. This path only accepts:
+    anything else, and every error message, is left to `TarReader._checked_member`."""
+    if not (int.from_bytes(block[100:156], "big") & _CANONICAL_MASK == _CANONICAL
+            and block[329:346] == _NO_DEVICE_NOR_PREFIX and block[257:265] == _USTAR_MAGIC):
+        return None
+    kind = block[156:157]
+    if int(block[148:154], 8) != _header_checksum(block) or kind in _UNSUPPORTED:
+        return None
+    try:
+        return Member(block[:100].partition(b"\0")[0].decode(), int(block[124:135], 8), kind)
+    except UnicodeDecodeError:
+        return None
 
 
 def _numbers(block: bytes) -> tuple[int, int] | None:
@@ -205,17 +215,18 @@ class TarReader:
             raise self.fail("a truncated header" if block else "the file ends without an end-of-archive marker")
         if block == _ZERO_BLOCK:
             return None
-        plain = _is_plain(block)
-        numbers = (int(block[124:135], 8), int(block[148:154], 8)) if plain else _numbers(block)
+        return _plain_member(block) or self._checked_member(block)
+
+    def _checked_member(self, block: bytes) -> Member:
+        """Every field checked on its own, saying what is wrong."""
+        numbers = _numbers(block)
         if numbers is None:
             raise self.fail("a malformed number field in a header")
         if numbers[1] != _header_checksum(block):
             raise self.fail("bad header checksum: a corrupt file, or not a tar archive")
-        kind = block[156:157]
-        if kind in _UNSUPPORTED:
-            raise self.fail(f"a tar record of type {kind.decode()!r}, which GPKGs never use")
-        return Member(self._text(block[:100].partition(b"\0")[0], "name") if plain else self._name(block),
-                      numbers[0], kind)
+        if block[156:157] in _UNSUPPORTED:
+            raise self.fail(f"a tar record of type {block[156:157].decode()!r}, which GPKGs never use")
+        return Member(self._name(block), numbers[0], block[156:157])
 
     def _name(self, block: bytes) -> str:
         magic = block[257:265]
