@@ -313,8 +313,7 @@ _Opener = Callable[[], BinaryIO]  # opens the file being inspected (again), from
 class _Digest(NamedTuple):
     size: int
     offset: int  # of the member's data in the file, to hash it again with an algorithm not streamed
-    digests: list[Any]  # one hash object per _STREAMED algorithm, final once the lanes are joined; none for
-    # the Manifest, which lists no digest of itself
+    digests: list[Any]  # per _STREAMED algorithm, final once the lanes are joined; none for the Manifest
 
 
 @dataclass
@@ -382,6 +381,7 @@ class _Lane:
 
 
 def _whole_file_digests(data: bytes = b"") -> list[Any]:
+    """sha256, md5 and sha1 of the whole file, for the index."""
     return [hashlib.sha256(data), hashlib.md5(data, usedforsecurity=False), hashlib.sha1(data, usedforsecurity=False)]
 
 
@@ -483,7 +483,7 @@ def _outer_reader(read: Callable[[int], bytes], label: str) -> tarblock.TarReade
     return tarblock.TarReader(read, f"{label}: not a readable GPKG tar archive", "rebuild and resend the package")
 
 
-_MemberReader = Callable[[tarblock.TarReader, tarblock.Member, str], tuple["_Digest", bytes | None]]
+_MemberReader = Callable[[tarblock.TarReader, tarblock.Member, str], tuple[_Digest, bytes | None]]
 
 
 def _scan_container(tar: tarblock.TarReader, read: _MemberReader, label: str) -> _Scan:

@@ -72,7 +72,7 @@ def tar_header(name: str, size: int, mtime: int, kind: bytes = _REGTYPE) -> byte
 
 def _ustar_block(name: bytes, mode: int, size: int, mtime: int, kind: bytes) -> bytes:
     """`_header_block` for the common case (a name under 100 bytes, a size under 8 GiB), its
-    fields formatted in one step: a third faster, and a package has a dozen such headers."""
+    fields formatted in one step: ~25% faster, and a simulated package has a dozen such headers."""
     head = b"%s%07o\x000000000\x000000000\x00%011o\x00%011o\x00" % (name.ljust(100, b"\0"), mode, size, mtime)
     tail, tail_sum = _header_tail(kind, _USTAR_MAGIC, b"root")
     return head + b"%06o\x00 " % (_byte_sum(head) + tail_sum) + tail
@@ -172,10 +172,11 @@ class TarReader:
             return member
         return self._extended(member)
 
-    def _extended(self, member: Member | None) -> Member:
-        """The member that long-name and pax records (starting with `member`) describe."""
+    def _extended(self, first: Member) -> Member:
+        """The member that long-name and pax records (starting with `first`) describe."""
         name: str | None = None
         size: int | None = None
+        member: Member | None = first
         while member is not None and member.kind in _EXTENSIONS:
             if member.size > _MAX_EXTENSION:
                 raise self.fail(f"a {member.size} byte long-name or pax record")
