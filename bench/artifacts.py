@@ -37,7 +37,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import aiohttp  # noqa: E402
 
-from swarmmesh import gentoo, gpkg  # noqa: E402
+from swarmmesh import gentoo, gpkg_writer  # noqa: E402
 from swarmmesh.builders import BuildResult  # noqa: E402
 from swarmmesh.drone import Drone  # noqa: E402
 from swarmmesh.harness import LocalCluster, wait_until  # noqa: E402
@@ -66,7 +66,7 @@ def make_gpkgs(folder: Path, count: int, size: int, name: str = "big") -> dict[s
     for i in range(count):
         cpv = f"app-misc/{name}{i}-1.0"
         files[cpv] = folder / f"{name}{i}-1.0-1.gpkg.tar"
-        gpkg.write_gpkg(files[cpv], cpv, size=size, seed=i)
+        gpkg_writer.write_gpkg(files[cpv], cpv, size=size, seed=i)
     return files
 
 

@@ -30,7 +30,7 @@ import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from swarmmesh import gpkg  # noqa: E402
+from swarmmesh import gpkg, gpkg_writer  # noqa: E402
 
 
 def _best(rounds: int, run: Callable[[], None]) -> tuple[float, float]:
@@ -64,7 +64,7 @@ def small(root: Path, count: int, rounds: int) -> None:
     def write() -> None:
         batch = next(counter)  # new file names each round: a drone writes new files, not overwrites
         for i, path in enumerate(paths):
-            gpkg.write_gpkg(path.with_suffix(f".{batch}"), f"app-misc/bench{i}-1.0", size=2048, seed=i)
+            gpkg_writer.write_gpkg(path.with_suffix(f".{batch}"), f"app-misc/bench{i}-1.0", size=2048, seed=i)
 
     def files_only() -> None:
         batch = next(counter)
@@ -95,7 +95,7 @@ def small(root: Path, count: int, rounds: int) -> None:
 def big(root: Path, mib: int, rounds: int) -> None:
     path = root / "big.gpkg.tar"
     started = time.perf_counter()
-    gpkg.write_gpkg(path, "app-misc/big-1.0", size=mib << 20)
+    gpkg_writer.write_gpkg(path, "app-misc/big-1.0", size=mib << 20)
     written = time.perf_counter() - started
     size = path.stat().st_size
     sha_wall, sha_cpu = _best(rounds, lambda: _sha256(path))

@@ -29,7 +29,7 @@ import time  # noqa: E402
 import timeit  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 
-from swarmmesh import gpkg  # noqa: E402
+from swarmmesh import gpkg, gpkg_writer  # noqa: E402
 
 SIZES = (("2 KiB", 2048), ("64 KiB", 64 << 10))
 
@@ -53,12 +53,12 @@ def _new_second_each_call() -> Iterator[None]:
 
 def _row(size: int, count: int, repeat: int) -> tuple[int, float, float, float]:
     cpvs = [f"app-misc/bench{i}-1.{i % 7}" for i in range(count)]
-    blobs = [gpkg.gpkg_bytes(cpv, size=size, seed=i) for i, cpv in enumerate(cpvs)]
+    blobs = [gpkg_writer.gpkg_bytes(cpv, size=size, seed=i) for i, cpv in enumerate(cpvs)]
     pairs = list(zip(cpvs, blobs, strict=True))
 
     def make() -> None:
         for i, cpv in enumerate(cpvs):
-            gpkg.gpkg_bytes(cpv, size=size, seed=i)
+            gpkg_writer.gpkg_bytes(cpv, size=size, seed=i)
 
     def inspect() -> None:
         for cpv, blob in pairs:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from swarmmesh import gentoo, gpkg
+from swarmmesh import gentoo, gpkg_writer
 from swarmmesh.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
@@ -125,8 +125,8 @@ class SimulatedBuilder:
         options = {"size": self.config.artifact_size, "repo": repo or "gentoo", "seed": self.config.seed or 0}
         try:
             if workdir is None:
-                return _result(start, data=gpkg.gpkg_bytes(cpv, **options))
-            gpkg.write_gpkg(workdir / SIMULATED_ARTIFACT, cpv, **options)
+                return _result(start, data=gpkg_writer.gpkg_bytes(cpv, **options))
+            gpkg_writer.write_gpkg(workdir / SIMULATED_ARTIFACT, cpv, **options)
         except (OSError, InputError) as exc:
             return _result(start, error=f"simulated build of {cpv} could not write its GPKG: {exc}")
         return _result(start, path=workdir / SIMULATED_ARTIFACT)

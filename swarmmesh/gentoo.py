@@ -4,8 +4,9 @@ The binhost's readers are real Portage clients, so whatever swarmmesh accepts th
 too: atoms are judged by Portage's own parser (``portage.dep.Atom``) and index entries follow
 ``portage.dbapi.bintree`` key for key (the tests check them against Portage itself).
 
-This module is Portage's data model only; the GPKG file format (writing, validating and reading
-package files) is `swarmmesh.gpkg`, which builds on the atoms here and not the other way round.
+This module is Portage's data model only; the GPKG file format is `swarmmesh.gpkg` (validating and
+reading package files) and `swarmmesh.gpkg_writer` (writing them), which build on the atoms here and
+not the other way round.
 """
 
 from __future__ import annotations

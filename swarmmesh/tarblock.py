@@ -1,4 +1,4 @@
-"""Tar blocks by hand, in both directions: the tar layer under `swarmmesh.gpkg`.
+"""Tar blocks by hand, in both directions: the tar layer under `swarmmesh.gpkg` and `gpkg_writer`.
 
 GPKG tars are plain: regular files, ustar or GNU headers, a GNU long-name record or a pax header
 for long names. That is all written here and all that is read; anything else is refused, so no

@@ -31,7 +31,7 @@ def free_port() -> int:
 @pytest.fixture
 def package(tmp_path: Path) -> Path:
     """A real GPKG with USE-conditional dependencies, for the format and index tests."""
-    from swarmmesh.gpkg import write_gpkg
+    from swarmmesh.gpkg_writer import write_gpkg
 
     path = tmp_path / "my-theme-1.0-1.gpkg.tar"
     write_gpkg(path, "x11-themes/my-theme-1.0", size=20_000, repo="localrepo", build_id=1, seed=3,

@@ -10,7 +10,7 @@ import pytest
 from swarmmesh import artifacts, protocol
 from swarmmesh.artifacts import Store, TransferError, Upload
 from swarmmesh.errors import ArtifactError
-from swarmmesh.gpkg import write_gpkg
+from swarmmesh.gpkg_writer import write_gpkg
 from tests.conftest import wait_until
 
 CPV = "app-misc/hello-1.0"

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from swarmmesh import binhost, gentoo, gpkg, releases
+from swarmmesh import binhost, gentoo, gpkg, gpkg_writer, releases
 from swarmmesh.artifacts import Store
 from swarmmesh.binhost import Binhost
 from swarmmesh.config import OrchestratorAddr
@@ -82,7 +82,7 @@ class FakeNode:
 def store_gpkg(node: FakeNode, cpv: str, size: int = 6000, seed: int = 0) -> gpkg.GpkgInfo:
     """A real GPKG in the node's store; returns what inspect_gpkg says of it."""
     tmp = node.receiver.store.tmp / f"{cpv.replace('/', '_')}-{seed}.gpkg.tar"
-    gpkg.write_gpkg(tmp, cpv, size=size, seed=seed)
+    gpkg_writer.write_gpkg(tmp, cpv, size=size, seed=seed)
     info = gpkg.inspect_gpkg(tmp)
     node.receiver.store.put(tmp, info.sha256)
     return info

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from swarmmesh import gpkg
+from swarmmesh import gpkg, gpkg_writer
 from swarmmesh.entries import JOURNAL, CorruptError, Entries
 from swarmmesh.errors import ArtifactError
 
@@ -18,7 +18,7 @@ def stored(tmp_path):
     infos = []
     for i, cpv in enumerate(("app-misc/a-1.0", "app-misc/b-2.0")):
         path = tmp_path / f"p{i}.gpkg.tar"
-        gpkg.write_gpkg(path, cpv, size=20_000, seed=i)
+        gpkg_writer.write_gpkg(path, cpv, size=20_000, seed=i)
         infos.append((path, gpkg.inspect_gpkg(path)))
     return infos
 
@@ -43,7 +43,7 @@ def test_a_recorded_upload_needs_no_second_read_and_matches_a_computed_one(tmp_p
     recorded = Entries(tmp_path / "one").record(info)
     path.unlink()  # nothing to read: the record comes from the validation alone
     other = tmp_path / "again.gpkg.tar"
-    gpkg.write_gpkg(other, info.cpv, size=20_000, seed=0)
+    gpkg_writer.write_gpkg(other, info.cpv, size=20_000, seed=0)
     assert recorded == Entries(tmp_path / "two").compute(info.sha256, other, logged(info))
 
 

@@ -25,7 +25,8 @@ from swarmmesh.gentoo import (
     parse_package_list,
     parse_packages,
 )
-from swarmmesh.gpkg import inspect_gpkg, write_gpkg
+from swarmmesh.gpkg import inspect_gpkg
+from swarmmesh.gpkg_writer import write_gpkg
 
 SHARED = Path(__file__).parents[2] / "shared"
 FIXTURES = SHARED / "fixtures"

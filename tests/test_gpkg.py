@@ -22,9 +22,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swarmmesh import gpkg, tarblock
+from swarmmesh import gpkg, gpkg_writer, tarblock
 from swarmmesh.errors import ArtifactError, InputError
-from swarmmesh.gpkg import inspect_gpkg, write_gpkg
+from swarmmesh.gpkg import inspect_gpkg
+from swarmmesh.gpkg_writer import write_gpkg
 
 # --------------------------------------------------------------------------------------------- GPKG
 
@@ -119,7 +120,7 @@ def test_bytes_in_memory_and_the_file_take_the_same_verdicts_on_damage(tmp_path:
     """A small file held in memory is scanned by slicing, a file by streaming: the same checks in
     the same order, so every damaged copy gets the same verdict and message either way."""
     path = tmp_path / "p.gpkg.tar"
-    whole = gpkg.gpkg_bytes("cat/pkg-1.0", size=2048, metadata={"BUILD_TIME": "1"})
+    whole = gpkg_writer.gpkg_bytes("cat/pkg-1.0", size=2048, metadata={"BUILD_TIME": "1"})
     flips = [whole[:at] + bytes([whole[at] ^ 0x01]) + whole[at + 1:] for at in range(0, len(whole), 61)]
     cuts = [whole[:at] for at in range(900, len(whole), 199)]
     verdicts = set()
@@ -211,7 +212,7 @@ def test_a_metadata_member_sized_past_any_file_is_refused(package: Path) -> None
 
 def test_read_gpkg_metadata_matches_the_full_inspection(tmp_path):
     path = tmp_path / "p.gpkg.tar"
-    gpkg.write_gpkg(path, "app-misc/meta-1.0", size=8192)
+    gpkg_writer.write_gpkg(path, "app-misc/meta-1.0", size=8192)
     assert gpkg.read_gpkg_metadata(path) == gpkg.inspect_gpkg(path).metadata
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from swarmmesh import gpkg, incoming
+from swarmmesh import gpkg_writer, incoming
 from swarmmesh.incoming import Incoming
 from swarmmesh.queue import RECEIVED
 from tests.conftest import wait_until
@@ -40,7 +40,7 @@ def drop(comp: Incoming, name: str, data: bytes) -> Path:
 
 def gpkg_bytes(tmp_path: Path, cpv: str, size: int = 20_000) -> bytes:
     path = tmp_path / "built.gpkg.tar"
-    gpkg.write_gpkg(path, cpv, size=size)
+    gpkg_writer.write_gpkg(path, cpv, size=size)
     return path.read_bytes()
 
 

@@ -20,7 +20,7 @@ import msgpack
 import pytest
 import zmq
 
-from swarmmesh import gpkg, protocol, transport
+from swarmmesh import gpkg, gpkg_writer, protocol, transport
 from swarmmesh.protocol import Cancel, Chunk, Heartbeat, Hello, Job, JobFailed, Rejected, Trailer, Welcome
 from tests.conftest import wait_until
 from tests.integration.conftest import swarmmesh
@@ -177,7 +177,7 @@ def bad_cluster(make_cluster):
 
 def gpkg_bytes(tmp_path: Path, cpv: str) -> bytes:
     path = tmp_path / "upload.gpkg.tar"
-    gpkg.write_gpkg(path, cpv, size=2048)
+    gpkg_writer.write_gpkg(path, cpv, size=2048)
     return path.read_bytes()
 
 
