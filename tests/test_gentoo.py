@@ -2,7 +2,7 @@
 
 Portage itself is the referee wherever it can run here: atoms go through portage.dep.Atom, and
 (slow, optional) a real `emerge --buildpkg` + `emaint binhost --fix` in a gentoo-prefix must agree
-with our index entry. The GPKG file format is tested in test_gpkg.py.
+with our index entry. The GPKG file format is tested in test_gpkg.py and test_gpkg_writer.py.
 """
 
 from __future__ import annotations

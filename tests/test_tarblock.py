@@ -26,7 +26,7 @@ FILES = [
 
 
 def _archive(files: list[tuple[str, bytes]]) -> bytes:
-    """An archive as gpkg.py writes one: header, data and padding per member, then the end marker."""
+    """An archive as gpkg_writer.py writes one: header, data and padding per member, then the end marker."""
     body = b"".join(tarblock.tar_header(name, len(data), MTIME) + data + tarblock.pad(len(data))
                     for name, data in files)
     return body + bytes(2 * tarblock.BLOCK)
