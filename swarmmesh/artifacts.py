@@ -396,6 +396,8 @@ class Receiver(Component):
         """Worker thread: the verdict goes back to the loop, which owns the sockets, and is
         dropped there if this node stopped leading meanwhile."""
         try:
+            if up is None:
+                raise TransferError("no data arrived for this upload (lost frames); send it again")
             info = self._check(up, tr, cpv)
             self._keep(up, info)
         except ArtifactError as exc:
@@ -425,14 +427,12 @@ class Receiver(Component):
         if self.node.is_leader():
             verdict()
 
-    def _check(self, up: Upload | None, tr: protocol.Trailer, cpv: str) -> gpkg.GpkgInfo:
+    def _check(self, up: Upload, tr: protocol.Trailer, cpv: str) -> gpkg.GpkgInfo:
         """Check the transfer, then the package; raise ArtifactError(retry?) on failure.
 
         The sha256 comes out of the same read as the GPKG checks (not hashed chunk by chunk on
         the socket loop): every byte is read once. An upload still in memory is checked there
         and written once, not written and read back."""
-        if up is None:
-            raise TransferError("no data arrived for this upload (lost frames); send it again")
         try:
             _check_transfer(up, tr)
             if up.fh is None:
