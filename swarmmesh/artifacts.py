@@ -11,6 +11,7 @@ rename, by a filesystem sync that concurrent uploads share: `SyncBarrier`); only
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import ctypes.util
@@ -62,6 +63,8 @@ SPILL = 1 << 20
 #: package, a few ms at this size) and written by the SyncBarrier's thread: a hand-off to a
 #: validation thread and back cost more than the check (GIL hand-offs and context switches).
 INLINE_CHECK = 64 * 1024
+#: Bytes of the newest small uploads kept in memory for the followers' fetches (RecentFiles).
+RECENT_BYTES = 16 << 20
 
 
 class Store:
@@ -75,6 +78,7 @@ class Store:
             stale.unlink(missing_ok=True)
         self._names = itertools.count()  # temp names: unique in this process, and tmp/ starts empty
         self._dirs: set[str] = set()  # the ab/ directories known to exist
+        self.recent = RecentFiles(RECENT_BYTES)
 
     def path(self, sha256: str) -> Path:
         if not _SHA256.match(sha256):
@@ -117,6 +121,36 @@ class Store:
             dest.parent.mkdir(exist_ok=True)
             os.replace(tmp, dest)
         return dest
+
+
+class RecentFiles:
+    """The newest small files this node stored, in memory, by sha256 (thread-safe, bounded).
+
+    Why: every follower fetches each new file within a replication period of its commit,
+    and reading a 5 KiB file back from disk (open, fstat, read, close) per follower was the
+    larger part of serving a bundle on the leader. The bytes are content-addressed, so a copy
+    can never be stale; the disk stays the only copy that counts."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max = max_bytes
+        self._files: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def put(self, sha256: str, data: bytes) -> None:
+        if len(data) > self._max // 16:
+            return  # a few big files would push out hundreds of small ones
+        with self._lock:
+            if sha256 in self._files:
+                return
+            self._files[sha256] = data
+            self._bytes += len(data)
+            while self._bytes > self._max:
+                self._bytes -= len(self._files.popitem(last=False)[1])
+
+    def get(self, sha256: str) -> bytes | None:
+        with self._lock:
+            return self._files.get(sha256)
 
 
 class SyncBarrier:
@@ -444,11 +478,14 @@ class Receiver(Component):
 
     def _keep(self, up: Upload, info: gpkg.GpkgInfo) -> None:
         """Into the store (made durable by self.durable, in groups) and the index journal."""
+        data = bytes(up.buf) if up.fh is None else None
         try:
             self.store.put(up.to_file(), info.sha256)
         except BaseException:
             up.discard()
             raise
+        if data is not None:
+            self.store.recent.put(info.sha256, data)
         self.node.releases.entries.record(info)  # parsed in full just now: no second read
 
     def _commit(self, identity: bytes, tr: protocol.Trailer, info: gpkg.GpkgInfo) -> None:

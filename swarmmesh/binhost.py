@@ -122,9 +122,12 @@ class Site:
         return web.Response(body=b"".join(parts), content_type="application/octet-stream")
 
     def _read_bundle(self, shas: list[str]) -> list[bytes]:
-        parts, budget = [], BUNDLE_MAX_BYTES
+        parts, budget, store = [], BUNDLE_MAX_BYTES, self.node.receiver.store
         for sha in shas:
-            data = _read_small(self.node.receiver.store.path(sha), min(budget, BUNDLE_FILE_MAX))
+            limit = min(budget, BUNDLE_FILE_MAX)
+            data = store.recent.get(sha)
+            if data is None or len(data) > limit:
+                data = _read_small(store.path(sha), limit)
             budget -= len(data) if data is not None else 0
             parts.append(f"{sha} {len(data) if data is not None else -1}\n".encode())
             parts.extend([data] if data else [])

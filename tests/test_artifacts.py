@@ -192,6 +192,17 @@ def test_a_write_runs_before_the_sync_and_its_error_goes_to_its_caller_only(tmp_
     assert isinstance(got["b"], OSError) and got["b"].errno == 28
 
 
+def test_recent_files_keep_the_newest_within_their_byte_budget():
+    recent = artifacts.RecentFiles(max_bytes=1600)
+    for i in range(20):
+        recent.put(f"{i:064x}", bytes([i]) * 100)
+    kept = [i for i in range(20) if recent.get(f"{i:064x}") is not None]
+    assert kept == list(range(4, 20))  # 16 x 100 bytes: the oldest went first
+    assert recent.get(f"{19:064x}") == bytes([19]) * 100
+    recent.put("b" * 64, bytes(101))  # over 1/16 of the budget: never kept
+    assert recent.get("b" * 64) is None and recent.get(f"{4:064x}") is not None
+
+
 def test_wait_returns_once_synced_and_raises_what_the_sync_raised(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(artifacts, "_syncfs", calls.append)

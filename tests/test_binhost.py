@@ -240,6 +240,15 @@ def test_a_bundle_carries_many_store_files_in_one_reply(served, monkeypatch):
                    *((i.sha256, i.size, i.sha256) for i in small[1:])]
 
 
+def test_a_bundle_serves_a_recent_upload_from_memory(served):
+    node, host = served
+    data = b"recent upload bytes" * 100
+    sha = hashlib.sha256(data).hexdigest()
+    node.receiver.store.recent.put(sha, data)  # not on disk: only memory can answer
+    status, body = post(host, "/store", sha.encode())
+    assert status == 200 and body == f"{sha} {len(data)}\n".encode() + data
+
+
 @pytest.mark.parametrize("body", [b"", b"../../etc/passwd", ("a" * 64 + "\n") * 257])
 def test_a_bundle_request_names_1_to_256_sha256s(served, body):
     _node, host = served
