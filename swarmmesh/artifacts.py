@@ -176,8 +176,14 @@ class SyncBarrier:
 
     def wait(self, timeout: float = 60.0) -> None:
         """Block until everything written before the call is on disk (for callers that may wait)."""
-        done, errors = threading.Event(), []
-        self.after(lambda error: (errors.append(error), done.set()))
+        done = threading.Event()
+        errors: list[Exception | None] = []
+
+        def synced(error: Exception | None) -> None:
+            errors.append(error)
+            done.set()
+
+        self.after(synced)
         if not done.wait(timeout):
             raise OSError(f"the store did not sync within {timeout:g} s")
         if errors[0] is not None:

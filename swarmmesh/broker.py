@@ -92,8 +92,9 @@ class Broker(Component):
         if identity != drone.encode():  # drones use their name as their socket identity
             log.warning("rejected a %r message from %r claiming to be drone %r", msg.TYPE, identity, drone)
             return
-        handler = {Hello: self._hello, Heartbeat: self._heartbeat, JobFailed: self._failed, Bye: self._bye,
-                   Busy: self._busy}
+        # each handler takes its own message type: Any is the one type all of them accept
+        handler: dict[type[protocol.Message], Callable[[bytes, Any], None]] = {
+            Hello: self._hello, Heartbeat: self._heartbeat, JobFailed: self._failed, Bye: self._bye, Busy: self._busy}
         handler[type(msg)](identity, msg)
 
     def tick(self, now: float) -> None:
@@ -318,15 +319,17 @@ def _reconcile(q: BuildQueue, msg: Hello) -> tuple[list, list, list, list[protoc
     uploads = {k for k, _ in _pairs(msg.uploads)}
     for key, _term in announced:
         pkg = q.get(key)
-        mine = pkg is not None and pkg.drone == msg.drone
-        if mine and pkg.state == "received" and key in uploads and pkg.result:
+        if pkg is None or pkg.drone != msg.drone:
+            drop.append(key)
+        elif pkg.state == "received" and key in uploads and pkg.result:
             stored.append((key, pkg.result.get("sha256", "")))
-        elif mine and (pkg.state == "delegated" or (key in uploads and pkg.state == "needed")):
+        elif pkg.state == "delegated" or (key in uploads and pkg.state == "needed"):
             adopt.append([key, pkg.term])
         else:
             drop.append(key)
     known = {k for k, _ in announced}
-    resend = [_job(q, k, q.get(k).term) for k in q.delegated_to(msg.drone) if k not in known]
+    resend = [_job(q, k, pkg.term) for k in q.delegated_to(msg.drone)  # delegated keys are all queued
+              if k not in known and (pkg := q.peek(k)) is not None]
     return adopt, drop, stored, [j for j in resend if j is not None]
 
 
@@ -348,7 +351,8 @@ def _plan(q: BuildQueue, free: list[DroneSession], inflight: set[str],
         return grounded, []
     if fresh is not None:
         return grounded, [(k, []) for k in fresh if k not in inflight and q.peek(k) is None][:capacity]
-    return grounded, [(k, list(q.peek(k).failed_on)) for k in q.dispatchable(capacity, exclude=inflight)]
+    return grounded, [(k, list(pkg.failed_on)) for k in q.dispatchable(capacity, exclude=inflight)
+                      if (pkg := q.peek(k)) is not None]  # dispatchable keys are all queued
 
 
 def _choose(free: list[DroneSession], failed_on: list[str]) -> DroneSession | None:

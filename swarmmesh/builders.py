@@ -61,8 +61,10 @@ class BuildResult:
 
 class Builder(Protocol):
     name: str
-    #: False when builds need no directory of their own (the drone then makes none).
-    needs_workdir: bool
+
+    @property
+    def needs_workdir(self) -> bool:
+        """False when builds need no directory of their own (the drone then makes none)."""
 
     def build(self, cpv: str, repo: str | None, workdir: Path | None, cancel: threading.Event) -> BuildResult:
         """Build `cpv` into `workdir`; return early (not ok) once `cancel` is set."""
@@ -122,11 +124,11 @@ class SimulatedBuilder:
             return _result(start, error="cancelled")
         if fails:
             return _result(start, error=f"simulated failure of {cpv}")
-        options = {"size": self.config.artifact_size, "repo": repo or "gentoo", "seed": self.config.seed or 0}
+        size, repo, seed = self.config.artifact_size, repo or "gentoo", self.config.seed or 0
         try:
             if workdir is None:
-                return _result(start, data=gpkg_writer.gpkg_bytes(cpv, **options))
-            gpkg_writer.write_gpkg(workdir / SIMULATED_ARTIFACT, cpv, **options)
+                return _result(start, data=gpkg_writer.gpkg_bytes(cpv, size=size, repo=repo, seed=seed))
+            gpkg_writer.write_gpkg(workdir / SIMULATED_ARTIFACT, cpv, size=size, repo=repo, seed=seed)
         except (OSError, InputError) as exc:
             return _result(start, error=f"simulated build of {cpv} could not write its GPKG: {exc}")
         return _result(start, path=workdir / SIMULATED_ARTIFACT)

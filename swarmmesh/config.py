@@ -208,11 +208,14 @@ _KINDS: dict[str, Callable[[Any], bool]] = {
 }
 
 
+_CONTAINERS: dict[type, str] = {list: "an array", dict: "a table"}
+
+
 def _describe(value: Any) -> str:
     for noun, kind in (("a boolean", bool), ("an integer", int), ("a float", float), ("a string", str)):
         if isinstance(value, kind):
             return f"{noun} ({toml_value(value)})"
-    return {list: "an array", dict: "a table"}.get(type(value), "a date/time")
+    return _CONTAINERS.get(type(value), "a date/time")
 
 
 def _type_fix(key: str, kind: str, value: Any, example: str) -> str:

@@ -9,6 +9,7 @@ Progress goes through `say` (the CLI prints it).
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 import time
@@ -113,7 +114,7 @@ def _check(c: LocalCluster, report: DemoReport) -> None:
     indexes = {}
     for name in c.orchestrators:
         base = c.configs[name].me().binhost_url
-        wait_until(lambda b=base: _serving(b) == report.release, 30, f"{name} to serve {report.release}")
+        wait_until(functools.partial(_serves, base, report), 30, f"{name} to serve {report.release}")
         index, problems = check_binhost(base)
         indexes[name] = index
         entries = len(index_entries(index))
@@ -128,3 +129,7 @@ def _check(c: LocalCluster, report: DemoReport) -> None:
 
 def _serving(base: str) -> str | None:
     return json.loads(http_get(base + "release"))["serving"]
+
+
+def _serves(base: str, report: DemoReport) -> bool:
+    return _serving(base) == report.release

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -241,7 +241,7 @@ class Election:
         """Replicate `command(*args)`; `done(result, error)` runs on the Raft thread."""
         self.commit_many([(command, args, done)])
 
-    def commit_many(self, commands: list[tuple[str, tuple, Done | None]],
+    def commit_many(self, commands: Sequence[tuple[str, tuple, Done | None]],
                     landed: Callable[[], None] | None = None) -> None:
         """Replicate several commands as one log entry (see `QueueState.update`); each `done`
         gets its own command's result, or the entry's error; then `landed()` runs."""

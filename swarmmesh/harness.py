@@ -53,7 +53,7 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: 
 
 def ask(url: str, op: str, args: dict | None = None, timeout: float = 5.0) -> Any:
     """One control request straight to an orchestrator's ROUTER (bypassing the gateway)."""
-    sock = transport.dealer(zmq.Context.instance(), url)
+    sock: zmq.Socket = transport.dealer(zmq.Context.instance(), url)
     try:
         req = protocol.Request(op=op, req_id=uuid.uuid4().hex, args=args or {})
         sock.send(protocol.encode(req))

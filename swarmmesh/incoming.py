@@ -13,6 +13,7 @@ saying why.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -30,7 +31,7 @@ from swarmmesh import gpkg
 from swarmmesh.artifacts import received_result
 from swarmmesh.component import Component
 from swarmmesh.errors import ArtifactError
-from swarmmesh.queue import DELEGATED, NEEDED
+from swarmmesh.queue import DELEGATED, NEEDED, Package
 
 if TYPE_CHECKING:
     from swarmmesh.orchestrator import Orchestrator
@@ -93,7 +94,11 @@ class Incoming(Component):
             if path not in self._busy and self._candidate(path):
                 self._busy.add(path)
                 job = self._pool.submit(self._take, Path(path))
-                job.add_done_callback(lambda f, p=path: self.node.post(lambda: self._taken(p, f)))
+                job.add_done_callback(functools.partial(self._take_done, path))
+
+    def _take_done(self, path: str, future: Future) -> None:
+        """Runs on the pool's thread: the outcome is handled on the loop thread."""
+        self.node.post(lambda: self._taken(path, future))
 
     # --- finding files ---------------------------------------------------------------------
     def _drain(self) -> list[str]:
@@ -154,10 +159,13 @@ class Incoming(Component):
         repo = info.metadata.get("repository")
         keys = [info.cpv] + ([f"{info.cpv}::{repo}"] if repo else [])
         for key in keys:
-            pkg = self.node.election.read(lambda q, k=key: q.get(k))
+            pkg = self._queued(key)
             if pkg is not None and pkg.state in (NEEDED, DELEGATED):
                 return key, pkg.drone if pkg.state == DELEGATED and pkg.drone else DRONE
         raise ArtifactError(f"{info.cpv} is not a package the queue needs (or it is already received)")
+
+    def _queued(self, key: str) -> Package | None:
+        return self.node.election.read(lambda q: q.get(key))
 
     # --- committing (loop thread) ------------------------------------------------------------
     def _taken(self, path: str, future: Future) -> None:

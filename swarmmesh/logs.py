@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 from swarmmesh.errors import ConfigError
 
@@ -30,11 +31,11 @@ class _StderrHandler(logging.StreamHandler):
         super().__init__(sys.stderr)
 
     @property
-    def stream(self):  # type: ignore[override]
+    def stream(self) -> TextIO:
         return sys.stderr
 
     @stream.setter
-    def stream(self, value) -> None:
+    def stream(self, value: TextIO) -> None:
         """Ignore: the stream is always the current stderr."""
 
 
@@ -79,7 +80,7 @@ def _skip_unused_fields() -> None:
     """FORMAT shows no source line, thread or multiprocessing name, so records need not look
     them up: the knobs the logging HOWTO's "Optimization" section lists. Finding the caller
     walks the stack on every call, and a drone logs a line per job, hundreds a second."""
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logMultiprocessing = False
 

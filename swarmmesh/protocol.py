@@ -17,7 +17,6 @@ Sockets and what travels on them:
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -269,7 +268,7 @@ def decode(frame: bytes, max_size: int = MAX_FRAME) -> Message:
 def _build(body: dict) -> Message:
     if body.pop("v", None) != VERSION:
         raise ProtocolError(f"unsupported protocol version (this node speaks {VERSION})")
-    cls = _TYPES.get(body.pop("t", None))  # type: ignore[arg-type]
+    cls = _TYPES.get(body.pop("t", None))
     if cls is None:
         raise ProtocolError("unknown message type")
     try:
@@ -291,11 +290,18 @@ def _check_types(msg: Message) -> None:
             raise ProtocolError(f"field {name!r} of {msg.TYPE!r} has the wrong type")
 
 
-@functools.cache
-def _spec(cls: type[Message]) -> tuple[tuple[str, Callable[[Any], bool]], ...]:
+_Spec = tuple[tuple[str, Callable[[Any], bool]], ...]
+_SPECS: dict[type[Message], _Spec] = {}
+
+
+def _spec(cls: type[Message]) -> _Spec:
     """(field name, type check) per field, worked out once per class: every chunk and trailer
-    of every upload goes through encode and decode."""
-    return tuple((f.name, _checker(str(f.type))) for f in dataclasses.fields(cls))
+    of every upload goes through encode and decode. A plain dict rather than functools.cache,
+    whose `Hashable` argument type mypy cannot match with a dataclass's class object."""
+    spec = _SPECS.get(cls)
+    if spec is None:
+        spec = _SPECS[cls] = tuple((f.name, _checker(str(f.type))) for f in dataclasses.fields(cls))
+    return spec
 
 
 def _checker(annotation: str) -> Callable[[Any], bool]:

@@ -395,8 +395,8 @@ class BuildQueue:
         if pkg is None:
             return None
         result = None if pkg.result is None else dict(pkg.result)
-        copies = {"batches": list(pkg.batches), "deps": list(pkg.deps), "failed_on": list(pkg.failed_on)}
-        return replace(pkg, result=result, **copies)
+        return replace(pkg, result=result, batches=list(pkg.batches), deps=list(pkg.deps),
+                       failed_on=list(pkg.failed_on))
 
     def peek(self, key: str) -> Package | None:
         """The live record, without the copy `get` makes (asked several times per package
@@ -409,7 +409,8 @@ class BuildQueue:
         Walks the heap as a tree (a second, small heap holds the frontier), so the cost is
         O((limit + skipped) log) and a query never reorders replicated state.
         """
-        heap, out = self._ready, []
+        heap = self._ready
+        out: list[str] = []
         frontier = [(heap[0], 0)] if heap and limit > 0 else []
         while frontier and len(out) < limit:
             (_, key), i = heapq.heappop(frontier)
@@ -455,9 +456,10 @@ class BuildQueue:
         the incremental bookkeeping (tests compare the two)."""
         wanted: dict[str, dict] = {}
         for pkg in self._packages.values():
-            sha = (pkg.result or {}).get("sha256") if pkg.state == RECEIVED else None
+            result = (pkg.result or {}) if pkg.state == RECEIVED else {}
+            sha = result.get("sha256")
             if isinstance(sha, str):
-                wanted[sha] = {"key": pkg.key, "size": pkg.result.get("size"), "holders": self.holders(sha)}
+                wanted[sha] = {"key": pkg.key, "size": result.get("size"), "holders": self.holders(sha)}
         newest = next(reversed(self._releases.values()), None) if self._releases else None
         for f in newest.files if newest else ():
             if isinstance(f.get("sha256"), str) and f["sha256"] not in wanted:
@@ -719,6 +721,7 @@ class BuildQueue:
     def _leave_delegation(self, pkg: Package) -> None:
         if pkg.state != DELEGATED:
             return
+        assert pkg.drone is not None  # delegate() sets the drone with the state
         held = self._by_drone[pkg.drone]
         del held[pkg.key]
         if not held:

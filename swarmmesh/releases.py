@@ -14,6 +14,7 @@ served until this node holds every file of the new one.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import logging
@@ -553,7 +554,7 @@ class Releases(Component):
             try:
                 self.entries.compute(sha, self.node.replicator.path(sha), f, logged.get(sha))
             except (ArtifactError, OSError) as exc:  # not what the leader validated: fetch it again
-                self.node.post(lambda s=sha, e=exc: self.node.replicator.corrupt(s, f"cannot be indexed: {e}"))
+                self.node.post(functools.partial(self.node.replicator.corrupt, sha, f"cannot be indexed: {exc}"))
 
     def _publish(self, rel: Release) -> None:
         try:

@@ -18,13 +18,16 @@ import collections
 import logging
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import zmq
 
 from swarmmesh.protocol import MAX_CHUNK_FRAME, MAX_FRAME
 
 log = logging.getLogger(__name__)
+
+#: A socket of the context's own kind: a zmq.asyncio.Context makes awaitable sockets.
+_Sock = TypeVar("_Sock", bound=zmq.Socket)
 
 HEARTBEAT_IVL_MS = 250
 HEARTBEAT_TIMEOUT_MS = 1000
@@ -35,7 +38,7 @@ CHUNK_HWM = 8
 KEEPALIVE_IDLE_S = 5
 
 
-def _common(sock: zmq.Socket, max_size: int = MAX_FRAME, heartbeats: bool = True) -> zmq.Socket:
+def _common(sock: _Sock, max_size: int = MAX_FRAME, heartbeats: bool = True) -> _Sock:
     sock.setsockopt(zmq.LINGER, LINGER_MS)
     sock.setsockopt(zmq.MAXMSGSIZE, max_size)
     if heartbeats:
@@ -52,7 +55,7 @@ def _common(sock: zmq.Socket, max_size: int = MAX_FRAME, heartbeats: bool = True
     return sock
 
 
-def router(ctx: zmq.Context, bind: str) -> zmq.Socket:
+def router(ctx: zmq.Context[_Sock], bind: str) -> _Sock:
     """The orchestrator's request socket: drones and clients are DEALERs."""
     sock = _common(ctx.socket(zmq.ROUTER))
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -63,7 +66,7 @@ def router(ctx: zmq.Context, bind: str) -> zmq.Socket:
     return sock
 
 
-def dealer(ctx: zmq.Context, connect: str | None = None, identity: bytes | None = None) -> zmq.Socket:
+def dealer(ctx: zmq.Context[_Sock], connect: str | None = None, identity: bytes | None = None) -> _Sock:
     sock = _common(ctx.socket(zmq.DEALER))
     sock.setsockopt(zmq.SNDHWM, CONTROL_HWM)
     sock.setsockopt(zmq.RCVHWM, CONTROL_HWM)
@@ -74,14 +77,14 @@ def dealer(ctx: zmq.Context, connect: str | None = None, identity: bytes | None 
     return sock
 
 
-def pub(ctx: zmq.Context, bind: str) -> zmq.Socket:
+def pub(ctx: zmq.Context[_Sock], bind: str) -> _Sock:
     sock = _common(ctx.socket(zmq.PUB))
     sock.setsockopt(zmq.SNDHWM, 1000)
     sock.bind(bind)
     return sock
 
 
-def sub(ctx: zmq.Context, connects: list[str], topics: list[bytes]) -> zmq.Socket:
+def sub(ctx: zmq.Context[_Sock], connects: list[str], topics: list[bytes]) -> _Sock:
     sock = _common(ctx.socket(zmq.SUB))
     sock.setsockopt(zmq.RCVHWM, 1000)
     for topic in topics:
@@ -91,7 +94,7 @@ def sub(ctx: zmq.Context, connects: list[str], topics: list[bytes]) -> zmq.Socke
     return sock
 
 
-def push(ctx: zmq.Context, connect: str) -> zmq.Socket:
+def push(ctx: zmq.Context[_Sock], connect: str) -> _Sock:
     """Artifact upload: a bounded HWM makes send() block instead of buffering a whole file."""
     sock = _common(ctx.socket(zmq.PUSH), MAX_CHUNK_FRAME, heartbeats=False)
     sock.setsockopt(zmq.SNDHWM, CHUNK_HWM)
@@ -99,7 +102,7 @@ def push(ctx: zmq.Context, connect: str) -> zmq.Socket:
     return sock
 
 
-def pull(ctx: zmq.Context, bind: str) -> zmq.Socket:
+def pull(ctx: zmq.Context[_Sock], bind: str) -> _Sock:
     sock = _common(ctx.socket(zmq.PULL), MAX_CHUNK_FRAME, heartbeats=False)
     sock.setsockopt(zmq.RCVHWM, CHUNK_HWM)
     sock.bind(bind)
