@@ -1,42 +1,38 @@
-"""Releases: immutable release directories, the `Packages` index, the `current` symlink.
+"""Releases: immutable release directories, each with its `Packages` index, and the `current` symlink.
 
 Every orchestrator builds every release itself, from the replicated log and its own copy of
 the files, so any of them can serve the binhost alone. That only works if they all write the
 same bytes: the index is made from each GPKG's own metadata plus values from the log (the
 release's `stamp` as TIMESTAMP, the file records), never from local clocks or mtimes, and is
-written by Portage's own `PackageIndex` so clients read exactly what `emaint binhost` writes.
+written by Portage's own `PackageIndex` so clients read exactly what `emaint binhost` writes
+(pkgindex.py renders it).
 
 A release directory is built under a temporary name (hard links into the store, the index,
 fsync) and renamed into place; then `current` is swapped with symlink + rename. A client
 therefore sees the old release or the new one, never a mix, and the previous one stays
-served until this node holds every file of the new one.
+served until this node holds every file of the new one. The component also keeps the staging
+feed (staging.py) current.
 """
 
 from __future__ import annotations
 
 import functools
-import gzip
-import io
 import logging
 import os
 import re
 import shutil
 import time
 import uuid
-from collections import Counter
-from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from portage.getbinpkg import PackageIndex
-
-from swarmmesh import gentoo, gpkg
 from swarmmesh.artifacts import fsync_dir
 from swarmmesh.component import Component
 from swarmmesh.entries import Entries
 from swarmmesh.errors import ArtifactError, InputError
+from swarmmesh.pkgindex import gzip_bytes, index_entry, release_paths, render_packages
+from swarmmesh.staging import Feed, ReceivedView, Stager
 
 if TYPE_CHECKING:
     from swarmmesh.orchestrator import Orchestrator
@@ -52,16 +48,6 @@ AUTO_PERIOD = 1.0
 RELEASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
 CURRENT = "current"
 
-# portage.dbapi.bintree.binarytree: values equal to these defaults are left out of the index,
-# CHOST/repository equal to the header's are inherited, internal names are translated.
-_DEFAULT_PKG_DATA = {
-    "BDEPEND": "", "BUILD_ID": "", "BUILD_TIME": "", "DEFINED_PHASES": "", "DEPEND": "", "EAPI": "0",
-    "IDEPEND": "", "IUSE": "", "KEYWORDS": "", "LICENSE": "", "PATH": "", "PDEPEND": "", "PROPERTIES": "",
-    "PROVIDES": "", "RDEPEND": "", "REQUIRES": "", "RESTRICT": "", "SLOT": "0", "USE": "",
-}
-_INHERITED = ["CHOST", "repository"]
-_TRANSLATED = (("DESCRIPTION", "DESC"), ("_mtime_", "MTIME"), ("repository", "REPO"))
-
 
 def new_release_id() -> str:
     """A sortable, unique release id (made by the leader only; followers take it from the log)."""
@@ -72,88 +58,6 @@ def check_release_id(release_id: Any) -> str:
     if not isinstance(release_id, str) or not RELEASE_ID.match(release_id):
         raise InputError(f"{release_id!r} is not a release id; `swarmmesh releases` lists them")
     return release_id
-
-
-# --- index entries -------------------------------------------------------------------------
-
-def index_entry(record: dict, path: str) -> dict[str, str]:
-    """One Packages entry with Portage's internal key names (PackageIndex translates them).
-    MTIME is the package's BUILD_TIME: the same on every node, unlike any file's mtime."""
-    info = gpkg.GpkgInfo(record["cpv"], record["build_id"], record["size"], record["sha256"],
-                           record["md5"], record["sha1"], record["metadata"])
-    build_time = record["metadata"].get("BUILD_TIME", "")
-    entry = gentoo.packages_index_entry(info, path, int(build_time) if build_time.isdigit() else 0)
-    for internal, written in (("_mtime_", "MTIME"), ("repository", "REPO")):
-        if written in entry:
-            entry[internal] = entry.pop(written)
-    return entry
-
-
-def render_packages(entries: list[dict[str, str]], stamp: int) -> bytes:
-    """The Packages file: a pure function of the entries and the stamp (byte-identical everywhere)."""
-    index = _package_index(common_chost(e.get("CHOST") for e in entries))
-    index.header.update(VERSION="0", TIMESTAMP=str(int(stamp)), PACKAGES=str(len(entries)))
-    index.packages = [dict(e) for e in entries]
-    return _text(index).encode("utf-8")
-
-
-def common_chost(chosts: Iterable[str | None]) -> str | None:
-    """The header's CHOST: the most common one (entries that share it leave it out)."""
-    counts = Counter(c for c in chosts if c)
-    return min(counts, key=lambda c: (-counts[c], c)) if counts else None
-
-
-def packages_header(count: int, chost: str | None, stamp: int) -> str:
-    """The header block of a Packages file; `render_entry` blocks sorted by CPV follow it."""
-    index = _package_index(chost)
-    index.header.update(VERSION="0", TIMESTAMP=str(int(stamp)), PACKAGES=str(count))
-    return _text(index)
-
-
-def render_entry(entry: dict[str, str], chost: str | None) -> str:
-    """One package's block, as `render_packages` writes it under a header with this CHOST: the
-    staging feed joins cached blocks instead of rewriting every package for each new one."""
-    index = _package_index(chost)
-    bare = _text(index)
-    index.packages = [dict(entry)]
-    return _text(index)[len(bare):]
-
-
-def _package_index(chost: str | None) -> PackageIndex:
-    index = PackageIndex(allowed_pkg_keys=None, default_pkg_data=_DEFAULT_PKG_DATA,
-                         inherited_keys=_INHERITED, translated_keys=_TRANSLATED)
-    if chost:
-        index.header["CHOST"] = chost
-    return index
-
-
-def _text(index: PackageIndex) -> str:
-    index.modified = False  # or write() stamps the local clock into TIMESTAMP
-    out = io.StringIO()
-    index.write(out)
-    return out.getvalue()
-
-
-def gzip_bytes(data: bytes) -> bytes:
-    """Deterministic gzip: no name, mtime 0."""
-    return gzip.compress(data, compresslevel=9, mtime=0)
-
-
-def release_paths(files: list[dict]) -> list[tuple[dict, str]]:
-    """(file, PATH) per file, the PATH recomputed from the checked CPV and build id (never taken
-    from the log as a path); a PATH taken twice (the same CPV under two keys) keeps the first."""
-    seen: set[str] = set()
-    out = []
-    for f in files:
-        path = gentoo.gpkg_relpath(f["cpv"], f["build_id"] or 1)
-        if path != f.get("path"):
-            raise ArtifactError(f"{f['key']}: recorded path {f.get('path')!r} is not {path!r}")
-        if path in seen:
-            log.warning("%s: %s is already in this release; left out", f["key"], path)
-            continue
-        seen.add(path)
-        out.append((f, path))
-    return out
 
 
 # --- release directories -------------------------------------------------------------------
@@ -236,200 +140,6 @@ def _log_failure(future: Future) -> None:
     if not future.cancelled() and future.exception() is not None:
         exc = future.exception()
         log.error("release work failed: %s", exc, exc_info=exc)
-
-
-# --- the staging feed ------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Feed:
-    """An immutable index snapshot for the staging feed: swapped whole, read by the binhost thread."""
-
-    packages: bytes = b""
-    paths: dict[str, str] = field(default_factory=dict)  # PATH -> sha256
-
-
-class ReceivedView:
-    """This node's copy of the log's received files, kept current from the change feed: which
-    of them the staging feed lists (those indexed here) and which files still need indexing.
-    Keeping it costs what changed; reading all 20k received files again happens only on a
-    `reload`. Loop thread only."""
-
-    def __init__(self, entries: Entries) -> None:
-        self.entries = entries
-        self.files: dict[str, tuple[int, dict]] = {}  # key -> (seq, file record)
-        self.listed: dict[str, tuple[int, dict]] = {}  # the indexed part of `files`: what staging lists
-        self.todo: dict[str, dict] = {}  # sha256 -> file record, for files not indexed yet
-        self.changed = False  # `listed` changed since the staging feed was last rendered
-        self._keys: dict[str, set[str]] = {}  # sha256 -> keys (possibly stale: `files` decides)
-        self._extra: set[str] = set()  # files the newest release wants (indexed even if not received)
-
-    def reload(self, items: list[tuple[int, dict]]) -> None:
-        """Start over from every received file (start-up, reset, restored snapshot, resync)."""
-        self.files = {f["key"]: (seq, f) for seq, f in items}
-        self._keys = {}
-        for key, (_, f) in self.files.items():
-            self._keys.setdefault(f["sha256"], set()).add(key)
-        self.todo = {sha: f for sha, f in self.todo.items() if sha in self._extra}
-        listed = {key: sf for key in self.files if (sf := self._listing(key)) is not None}
-        if listed != self.listed:
-            self.listed, self.changed = listed, True
-
-    def update(self, sha256: str, items: list[tuple[int, dict]]) -> None:
-        """The log changed something about this file: `items` are its received packages now."""
-        keys = {key for key in self._keys.pop(sha256, ()) if self._sha_of(key) == sha256}
-        for key in keys:
-            del self.files[key]
-        for seq, f in items:
-            self.files[f["key"]] = (seq, f)
-            keys.add(f["key"])
-        if items:
-            self._keys[sha256] = {f["key"] for _, f in items}
-        elif sha256 not in self._extra:
-            self.todo.pop(sha256, None)
-        self._relist(keys)
-
-    def want(self, files: list[dict]) -> None:
-        """The newest release's files: index them too, received or not."""
-        self._extra = {f["sha256"] for f in files}
-        for f in files:
-            if f["sha256"] not in self.todo and self.entries.get(f["sha256"]) is None:
-                self.todo[f["sha256"]] = f
-
-    def unindexed(self, held: Callable[[str], bool]) -> list[dict]:
-        """Files to index now (held here, not indexed); those indexed meanwhile get listed."""
-        missing = []
-        for sha, f in list(self.todo.items()):
-            if not held(sha):
-                continue
-            if self.entries.get(sha) is None:
-                missing.append(f)
-                continue
-            del self.todo[sha]
-            self._relist({key for key in self._keys.get(sha, ()) if self._sha_of(key) == sha})
-        return missing
-
-    def _relist(self, keys: Iterable[str]) -> None:
-        for key in keys:
-            listing = self._listing(key)
-            if self.listed.get(key) != listing:
-                self.changed = True
-                if listing is None:
-                    del self.listed[key]
-                else:
-                    self.listed[key] = listing
-
-    def _listing(self, key: str) -> tuple[int, dict] | None:
-        """What staging should list for `key`: its file once indexed (until then it is to do)."""
-        sf = self.files.get(key)
-        if sf is None:
-            return None
-        if self.entries.get(sf[1]["sha256"]) is None:
-            self.todo[sf[1]["sha256"]] = sf[1]
-            return None
-        return sf
-
-    def _sha_of(self, key: str) -> str | None:
-        sf = self.files.get(key)
-        return None if sf is None else sf[1]["sha256"]
-
-
-@dataclass
-class _Block:
-    """One package's part of the staging index, kept between renders."""
-
-    source: dict  # the file record it was made from
-    path: str
-    cpv: str
-    chost: str | None
-    record: dict
-    entry: dict[str, str] | None  # kept until the block is first rendered
-    text: str | None = None
-    under: str | None = None  # the header CHOST `text` was rendered for (a package sharing it omits it)
-
-
-@dataclass(frozen=True)
-class _Unlisted:
-    """A package whose file cannot be listed (why was logged): not looked at again unless its
-    file record changes."""
-
-    source: dict
-
-
-class Stager:
-    """Renders the staging index (worker thread only). Each package's block is rendered once
-    and kept while its file record stays the same, so a render is a sort and a join, not 20k
-    index entries; the output is what `render_packages` writes for the same entries."""
-
-    def __init__(self, entries: Entries) -> None:
-        self.entries = entries
-        self._blocks: dict[str, _Block | _Unlisted] = {}  # by package key
-        self._stamp = 0
-        self._warned: set[str] = set()
-
-    def render(self, files: list[tuple[int, dict]]) -> Feed:
-        placed, paths = self._place(sorted(files, key=_first))
-        chost = common_chost(block.chost for block in placed)
-        placed.sort(key=_cpv_of)  # stable, so like PackageIndex.write: by CPV, then in seq order
-        body = "".join([self._text(block, chost) for block in placed])
-        self._stamp = max(self._stamp + 1, int(time.time()))
-        return Feed((packages_header(len(placed), chost, self._stamp) + body).encode("utf-8"), paths)
-
-    def _place(self, files: list[tuple[int, dict]]) -> tuple[list[_Block], dict[str, str]]:
-        """Each listable package's block, in seq order, and PATH -> sha256; a PATH taken twice
-        keeps the first, as in a release."""
-        placed: list[_Block] = []
-        paths: dict[str, str] = {}
-        used, old = {}, self._blocks
-        for _, f in files:
-            block = old.get(f["key"])
-            if block is None or (block.source is not f and block.source != f):
-                record = self.entries.get(f["sha256"])
-                if record is None:
-                    continue  # forgotten since it was listed: the next render leaves it out
-                block = self._block(f, record)
-            used[f["key"]] = block
-            if isinstance(block, _Unlisted):
-                continue
-            if block.path in paths:
-                self._warn(f["key"], f"{block.path} is already in the staging feed; left out")
-                continue
-            paths[block.path] = f["sha256"]
-            placed.append(block)
-        self._blocks = used
-        return placed, paths
-
-    def _block(self, f: dict, record: dict) -> _Block | _Unlisted:
-        if record["cpv"] != f["cpv"]:
-            self._warn(f["key"], f"left out of the staging feed: its file is indexed as {record['cpv']}")
-            return _Unlisted(f)
-        try:
-            path = release_paths([f])[0][1]
-            entry = index_entry(record, path)
-        except (ArtifactError, InputError) as exc:
-            self._warn(f["key"], f"left out of the staging feed: {exc}")
-            return _Unlisted(f)
-        return _Block(f, path, f["cpv"], entry.get("CHOST") or None, record, entry)
-
-    @staticmethod
-    def _text(block: _Block, chost: str | None) -> str:
-        """Rendered once, and again only if the header's CHOST changes (rare)."""
-        if block.text is None or block.under != chost:
-            entry = block.entry if block.entry is not None else index_entry(block.record, block.path)
-            block.text, block.under, block.entry = render_entry(entry, chost), chost, None
-        return block.text
-
-    def _warn(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            log.warning("%s: %s", key, message)
-
-
-def _first(item: tuple[int, dict]) -> int:
-    return item[0]
-
-
-def _cpv_of(block: _Block) -> str:
-    return block.cpv
 
 
 # --- the component ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from swarmmesh import binhost, gentoo, gpkg, gpkg_writer, releases
+from swarmmesh import binhost, gentoo, gpkg, gpkg_writer, pkgindex, releases, staging
 from swarmmesh.artifacts import Store
 from swarmmesh.binhost import Binhost
 from swarmmesh.config import OrchestratorAddr
@@ -40,7 +40,7 @@ class FakeNode:
         self.election = SimpleNamespace(read=self.read, indexes=lambda: (1, 1))
         # durability itself is artifacts.SyncBarrier's, tested in test_artifacts.py
         self.receiver = SimpleNamespace(store=Store(data_dir / "store"), durable=SimpleNamespace(wait=lambda: None))
-        self.releases = SimpleNamespace(serving=None, staging=releases.Feed(), relinked=[],
+        self.releases = SimpleNamespace(serving=None, staging=staging.Feed(), relinked=[],
                                         entries=Entries(data_dir / "entries"))
         self.releases.relink = self.releases.relinked.append
         self.leader = leader
@@ -110,7 +110,7 @@ def publish(node: FakeNode, release_id: str, stamp: int, infos: list[gpkg.GpkgIn
     for info in infos:
         path = gentoo.gpkg_relpath(info.cpv, 1)
         links.append((store.path(info.sha256), path))
-        index.append(releases.index_entry(entries.compute(info.sha256, store.path(info.sha256), logged(info)), path))
+        index.append(pkgindex.index_entry(entries.compute(info.sha256, store.path(info.sha256), logged(info)), path))
     root = Path(node.config.data_dir) / "releases"
     root.mkdir(exist_ok=True)
     folder = releases.build_release(root, release_id, stamp, links, index)
@@ -194,7 +194,7 @@ def test_staging_feed_store_and_release_endpoints(served):
     node, host = served
     info = store_gpkg(node, "app-misc/s-1.0")
     path = gentoo.gpkg_relpath(info.cpv, 1)
-    node.releases.staging = releases.Feed(b"staging index\n", {path: info.sha256})
+    node.releases.staging = staging.Feed(b"staging index\n", {path: info.sha256})
     assert get(host, "/staging/Packages")[2] == b"staging index\n"
     status, _, body = get(host, "/staging/" + path)
     assert status == 200 and hashlib.sha256(body).hexdigest() == info.sha256

@@ -1,9 +1,8 @@
-"""Releases: the Packages index, release directories, the current symlink, the component."""
+"""Releases: release directories, the current symlink, the component (and the staging feed it keeps)."""
 
 from __future__ import annotations
 
 import gzip
-import io
 import itertools
 import os
 import time
@@ -11,59 +10,18 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from portage.getbinpkg import PackageIndex
 
-from swarmmesh import gentoo, gpkg, releases
-from swarmmesh.errors import ArtifactError, InputError
+from swarmmesh import releases
+from swarmmesh.errors import InputError
 from swarmmesh.releases import Releases
 from tests.conftest import wait_until
-from tests.test_binhost import FakeNode, logged, receive, store_gpkg
-
-
-def entry_for(node: FakeNode, info: gpkg.GpkgInfo) -> dict:
-    record = node.releases.entries.compute(info.sha256, node.receiver.store.path(info.sha256), logged(info))
-    return releases.index_entry(record, gentoo.gpkg_relpath(info.cpv, 1))
-
-
-def read_index(data: bytes) -> PackageIndex:
-    index = PackageIndex(default_pkg_data=releases._DEFAULT_PKG_DATA, inherited_keys=releases._INHERITED,
-                         translated_keys=releases._TRANSLATED)
-    index.read(io.StringIO(data.decode()))
-    return index
+from tests.test_binhost import FakeNode, receive, store_gpkg
+from tests.test_pkgindex import entry_for, read_index
 
 
 @pytest.fixture
 def node(tmp_path):
     return FakeNode("o1", tmp_path / "o1", leader=True)
-
-
-# --- the index -----------------------------------------------------------------------------
-
-def test_packages_is_portage_readable_and_a_pure_function_of_entries_and_stamp(node, monkeypatch):
-    infos = [store_gpkg(node, f"app-misc/p{i}-1.0", seed=i) for i in range(3)]
-    entries = [entry_for(node, info) for info in reversed(infos)]
-    data = releases.render_packages(entries, 1_700_000_123)
-    monkeypatch.setattr(time, "time", lambda: 42.0)  # the local clock must not matter
-    assert releases.render_packages(entries, 1_700_000_123) == data
-    index = read_index(data)
-    assert index.header["TIMESTAMP"] == "1700000123" and index.header["PACKAGES"] == "3"
-    assert index.header["VERSION"] == "0" and index.header["CHOST"] == "x86_64-pc-linux-gnu"
-    assert [p["CPV"] for p in index.packages] == ["app-misc/p0-1.0", "app-misc/p1-1.0", "app-misc/p2-1.0"]
-    first = index.packages[0]
-    assert first["SIZE"] == str(infos[0].size) and (first["MD5"], first["SHA1"]) == (infos[0].md5, infos[0].sha1)
-    assert first["PATH"] == "app-misc/p0/p0-1.0-1.gpkg.tar" and first["repository"] == "gentoo"
-    assert first["_mtime_"] == infos[0].metadata["BUILD_TIME"] and first["CHOST"] == "x86_64-pc-linux-gnu"
-    assert b"\nSLOT:" not in data and b"\nCHOST:" not in data.partition(b"\n\n")[2]  # defaults left out
-
-
-def test_release_paths_are_recomputed_and_duplicates_left_out():
-    files = [{"key": "a/b-1", "cpv": "a/b-1", "build_id": 1, "path": "a/b/b-1-1.gpkg.tar"},
-             {"key": "a/b-1::x", "cpv": "a/b-1", "build_id": 1, "path": "a/b/b-1-1.gpkg.tar"}]
-    assert [p for _, p in releases.release_paths(files)] == ["a/b/b-1-1.gpkg.tar"]
-    with pytest.raises(ArtifactError, match="is not"):
-        releases.release_paths([{**files[0], "path": "../../etc/passwd"}])
-    with pytest.raises(InputError):
-        releases.release_paths([{**files[0], "cpv": "../x/y-1"}])
 
 
 # --- directories and the symlink -----------------------------------------------------------
@@ -204,55 +162,6 @@ def test_auto_finalize_releases_a_completed_batch_once(component):
 
 
 # --- the staging feed ------------------------------------------------------------------------
-
-def test_packages_is_a_header_plus_blocks_sorted_by_cpv(node):
-    infos = [store_gpkg(node, f"app-misc/p{i}-1.0", seed=i) for i in range(4)]
-    entries = [entry_for(node, info) for info in reversed(infos)]
-    entries[0]["CHOST"] = entries[1]["CHOST"] = "aarch64-unknown-linux-gnu"
-    entries.append({**entries[2], "PATH": "app-misc/p1/p1-1.0-2.gpkg.tar", "BUILD_ID": "2"})  # same CPV twice
-    for chosts in (["aarch64-unknown-linux-gnu"] * 3, [None] * 5):
-        for entry, chost in zip(entries, chosts, strict=False):
-            entry.pop("CHOST") if chost is None else entry.update(CHOST=chost)
-        chost = releases.common_chost(e.get("CHOST") for e in entries)
-        blocks = sorted(enumerate(entries), key=lambda ie: (ie[1]["CPV"], ie[0]))
-        joined = releases.packages_header(len(entries), chost, 77) + "".join(
-            releases.render_entry(e, chost) for _, e in blocks)
-        assert joined.encode() == releases.render_packages(entries, 77)
-
-
-def test_stager_renders_what_render_packages_writes_and_each_file_once(node, monkeypatch):
-    made = []
-    index_entry = releases.index_entry
-    monkeypatch.setattr(releases, "index_entry", lambda record, path: made.append(path) or index_entry(record, path))
-    entries, stager = node.releases.entries, releases.Stager(node.releases.entries)
-
-    def add(n: int, chost: str | None = None) -> None:
-        info = store_gpkg(node, f"app-misc/p{n}-1.0", seed=n)
-        receive(node, info)
-        record = entries.compute(info.sha256, node.receiver.store.path(info.sha256), logged(info))
-        if chost is not None:
-            record["metadata"]["CHOST"] = chost
-
-    def render_and_check(files: list[tuple[int, dict]]) -> releases.Feed:
-        feed = stager.render(files)
-        stamp = int(read_index(feed.packages).header["TIMESTAMP"])
-        expected = [index_entry(entries.get(f["sha256"]), f["path"]) for _, f in files]
-        assert feed.packages == releases.render_packages(expected, stamp)
-        assert feed.paths == {f["path"]: f["sha256"] for _, f in files}
-        return feed
-
-    for n in (2, 0, 1):
-        add(n)
-    render_and_check(node.queue.received()[:2])
-    render_and_check(node.queue.received())
-    assert len(made) == 3  # the second render made an entry for the new file only
-    for n in (3, 4, 5):  # as many packages for another CHOST: the header's changes, every block with it
-        add(n, "aarch64-unknown-linux-gnu")
-    feed = render_and_check(node.queue.received())
-    assert read_index(feed.packages).header["CHOST"] == "aarch64-unknown-linux-gnu" and len(made) == 9
-    render_and_check(node.queue.received())
-    assert len(made) == 9
-
 
 def at(node: FakeNode, comp: Releases, now: float) -> None:
     """One tick at `now`, and whatever job it started run to the end."""
