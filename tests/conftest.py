@@ -41,10 +41,19 @@ def package(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def node(tmp_path):
+    """o1, leading: the fake Orchestrator that component tests (binhost, releases, staging,
+    the Packages index) give their component."""
+    from tests.fakes import FakeNode
+
+    return FakeNode("o1", tmp_path / "o1", leader=True)
+
+
+@pytest.fixture
 def holder(tmp_path):
     """o1: holds files and serves them over a real binhost (fetch and replication tests)."""
     from swarmmesh.binhost import Binhost
-    from tests.test_binhost import FakeNode
+    from tests.fakes import FakeNode
 
     node = FakeNode("o1", tmp_path / "o1")
     host = Binhost(node, host="127.0.0.1", port=0)

@@ -10,7 +10,7 @@ from swarmmesh import binhost
 from swarmmesh.errors import ArtifactError
 from swarmmesh.fetch import FetchError, Source, fetch, fetch_bundle, fetch_from, small
 from tests.conftest import free_port
-from tests.test_binhost import FakeNode, store_gpkg
+from tests.fakes import FakeNode, store_gpkg
 
 
 def test_fetch_from_checks_sha256_and_size_and_leaves_no_temp_file(holder, tmp_path):

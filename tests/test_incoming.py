@@ -15,7 +15,7 @@ from swarmmesh import gpkg_writer, incoming
 from swarmmesh.incoming import Incoming
 from swarmmesh.queue import RECEIVED
 from tests.conftest import wait_until
-from tests.test_binhost import FakeNode
+from tests.fakes import FakeNode
 
 
 @pytest.fixture

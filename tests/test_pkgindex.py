@@ -10,7 +10,7 @@ from portage.getbinpkg import PackageIndex
 
 from swarmmesh import gentoo, gpkg, pkgindex
 from swarmmesh.errors import ArtifactError, InputError
-from tests.test_binhost import FakeNode, logged, store_gpkg
+from tests.fakes import FakeNode, logged, store_gpkg
 
 
 def entry_for(node: FakeNode, info: gpkg.GpkgInfo) -> dict:
@@ -23,11 +23,6 @@ def read_index(data: bytes) -> PackageIndex:
                          translated_keys=pkgindex._TRANSLATED)
     index.read(io.StringIO(data.decode()))
     return index
-
-
-@pytest.fixture
-def node(tmp_path):
-    return FakeNode("o1", tmp_path / "o1", leader=True)
 
 
 def test_packages_is_portage_readable_and_a_pure_function_of_entries_and_stamp(node, monkeypatch):

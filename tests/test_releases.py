@@ -15,14 +15,8 @@ from swarmmesh import releases
 from swarmmesh.errors import InputError
 from swarmmesh.releases import Releases
 from tests.conftest import wait_until
-from tests.test_binhost import FakeNode, receive, store_gpkg
+from tests.fakes import FakeNode, receive, store_gpkg
 from tests.test_pkgindex import entry_for, read_index
-
-
-@pytest.fixture
-def node(tmp_path):
-    return FakeNode("o1", tmp_path / "o1", leader=True)
-
 
 # --- directories and the symlink -----------------------------------------------------------
 

@@ -14,7 +14,7 @@ from swarmmesh.config import OrchestratorAddr
 from swarmmesh.queue import NEEDED
 from swarmmesh.replication import Replicator, scan_store, verify
 from tests.conftest import free_port, wait_until
-from tests.test_binhost import FakeNode, receive, store_gpkg
+from tests.fakes import FakeNode, receive, store_gpkg
 
 
 def addr(name: str, port: int) -> OrchestratorAddr:

@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 from swarmmesh import pkgindex, staging
-from tests.test_binhost import FakeNode, logged, receive, store_gpkg
+from tests.fakes import logged, receive, store_gpkg
 from tests.test_pkgindex import read_index
-
-
-@pytest.fixture
-def node(tmp_path):
-    return FakeNode("o1", tmp_path / "o1", leader=True)
 
 
 def test_stager_renders_what_render_packages_writes_and_each_file_once(node, monkeypatch):
