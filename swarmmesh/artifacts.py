@@ -47,10 +47,11 @@ MIN_ARTIFACT = 1024
 UPLOAD_IDLE_TIMEOUT = 60.0
 _UPLOAD_ID = re.compile(r"^[0-9a-f]{8,64}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-#: Uploads validated at once, off the socket loop (GPKG inspection of one upload must not stall
-#: dispatch). Two are enough now that the waits for the disk are on the SyncBarrier's thread:
-#: interleaved runs of 5,000 small packages measured the same with 2 and with 4 (205-214/s
-#: against 210-225/s), big uploads too (131-134 MiB/s), and every thread costs GIL hand-offs.
+#: Uploads validated at once off the socket loop: those over INLINE_CHECK, or arriving while the
+#: writer thread is busy (GPKG inspection of a big upload must not stall dispatch). Two are
+#: enough now that the waits for the disk are on the SyncBarrier's thread: interleaved runs of
+#: 5,000 small packages measured the same with 2 and with 4 (205-214/s against 210-225/s), big
+#: uploads too (131-134 MiB/s), and every thread costs GIL hand-offs.
 FINISH_WORKERS = 2
 #: Up to this many uploads awaiting validation, an arrived trailer frees the drone's build slot
 #: at once (the build is over); beyond it, slots free only as commits land (backpressure).
