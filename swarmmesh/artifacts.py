@@ -264,7 +264,7 @@ class Upload:
 
     store: Store
     sender: bytes
-    buf: bytearray = field(default_factory=bytearray)
+    buf: bytearray | bytes = field(default_factory=bytearray)  # bytes once sealed
     path: Path | None = None
     fh: BinaryIO | None = None
     size: int = 0
@@ -292,6 +292,13 @@ class Upload:
             self.fh.write(chunk.data)
         self.size += len(chunk.data)
         self.next_seq += 1
+
+    def sealed(self) -> bytes:
+        """The whole upload, still in memory, as bytes: copied from the buffer once however
+        often it is asked for (the check and the store both need it). Only once it is complete."""
+        if not isinstance(self.buf, bytes):
+            self.buf = bytes(self.buf)
+        return self.buf
 
     def small(self, data: bytes) -> bool:
         """Whether adding `data` stays in memory (cheap enough for the socket loop)."""
@@ -477,7 +484,7 @@ class Receiver(Component):
         try:
             _check_transfer(up, tr)
             if up.fh is None:
-                return _inspect(Path(f"{tr.upload}.upload"), tr, cpv, bytes(up.buf))
+                return _inspect(Path(f"{tr.upload}.upload"), tr, cpv, up.sealed())
             return _inspect(up.to_file(), tr, cpv)
         except BaseException:
             up.discard()
@@ -485,7 +492,7 @@ class Receiver(Component):
 
     def _keep(self, up: Upload, info: gpkg.GpkgInfo) -> None:
         """Into the store (made durable by self.durable, in groups) and the index journal."""
-        data = bytes(up.buf) if up.fh is None else None
+        data = up.sealed() if up.fh is None else None
         try:
             self.store.put(up.to_file(), info.sha256)
         except BaseException:

@@ -136,6 +136,16 @@ def test_a_small_upload_stays_in_memory_and_a_big_one_spills_to_one_temp_file(tm
     assert up.to_file().read_bytes() == b"a" * 6000 + b"b" * 6000
 
 
+def test_a_complete_upload_in_memory_is_sealed_into_bytes_once_and_still_written_whole(tmp_path):
+    up = Upload(Store(tmp_path / "store"), b"")
+    for seq, piece in enumerate((b"a" * 3000, b"b" * 3000)):
+        up.add(protocol.Chunk(upload="ab12cd34", seq=seq, data=piece))
+    data = up.sealed()
+    assert data == b"a" * 3000 + b"b" * 3000 and isinstance(data, bytes)
+    assert up.sealed() is data  # the check and the store share one copy
+    assert up.to_file().read_bytes() == data
+
+
 def test_uploads_validated_during_a_sync_share_the_next_one(tmp_path, monkeypatch):
     calls, started, release = [], threading.Event(), threading.Event()
 
