@@ -434,8 +434,8 @@ class Receiver(Component):
         the SyncBarrier's thread."""
         try:
             info = self._check(up, tr, cpv)
-        except ArtifactError as exc:
-            self._verdict(functools.partial(self._reject, identity, tr, str(exc)))
+        except Exception as exc:  # a bug in the check must not escape into the socket loop
+            self._verdict(self._failed(identity, tr, exc))
             return
         self.durable.after(functools.partial(self._durable_verdict, identity, tr, info),
                            write=functools.partial(self._keep, up, info))
@@ -448,24 +448,23 @@ class Receiver(Component):
                 raise TransferError("no data arrived for this upload (lost frames); send it again")
             info = self._check(up, tr, cpv)
             self._keep(up, info)
-        except ArtifactError as exc:
-            self._post_verdict(functools.partial(self._reject, identity, tr, str(exc)))
         except Exception as exc:  # the store's disk, or a bug: never leave an upload unanswered
-            log.exception("cannot store the upload of %s", tr.key)
-            reason = f"{TransferError.PREFIX}cannot store it: {exc}"
-            self._post_verdict(functools.partial(self._reject, identity, tr, reason))
+            self._post_verdict(self._failed(identity, tr, exc))
         else:  # `received` only once the file and its rename are on disk
             self.durable.after(functools.partial(self._durable_verdict, identity, tr, info))
 
     def _durable_verdict(self, identity: bytes, tr: protocol.Trailer, info: gpkg.GpkgInfo,
                          error: Exception | None) -> None:
-        if error is None:
-            self._post_verdict(functools.partial(self._commit, identity, tr, info))
-        else:
-            if not isinstance(error, OSError):
-                log.error("cannot store the upload of %s", tr.key, exc_info=error)
-            reason = f"{TransferError.PREFIX}cannot store it: {error}"
-            self._post_verdict(functools.partial(self._reject, identity, tr, reason))
+        verdict = self._failed(identity, tr, error) if error else functools.partial(self._commit, identity, tr, info)
+        self._post_verdict(verdict)
+
+    def _failed(self, identity: bytes, tr: protocol.Trailer, exc: Exception) -> Callable[[], None]:
+        """The verdict on an upload that could not be checked or stored, for every path: a bad
+        package fails it; anything else (the disk, a bug) asks the drone to send it again."""
+        if isinstance(exc, ArtifactError):
+            return functools.partial(self._reject, identity, tr, str(exc))
+        log.error("cannot store the upload of %s: %s", tr.key, exc, exc_info=not isinstance(exc, OSError) and exc)
+        return functools.partial(self._reject, identity, tr, f"{TransferError.PREFIX}cannot store it: {exc}")
 
     def _post_verdict(self, verdict: Callable[[], None]) -> None:
         self.node.post(lambda: self._verdict(verdict))
