@@ -18,11 +18,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj import FAIL_REASON, SyncObjConf, SyncObjConsumer, replicated
 
 from swarmmesh.config import MIN_SECRET_LENGTH, NodeConfig
 from swarmmesh.errors import ConfigError
 from swarmmesh.queue import BuildQueue
+from swarmmesh.raftcipher import SealedSyncObj
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +185,8 @@ COMMANDS = frozenset(
 
 
 def raft_conf(config: NodeConfig, on_state: Callable[[int, int], None] | None = None) -> SyncObjConf:
-    """PySyncObj settings from the node config: fast failover, persistence, encryption."""
+    """PySyncObj settings from the node config: fast failover, persistence. Encryption is
+    `SealedSyncObj`'s (raftcipher.py), keyed by the secret checked here."""
     if len(config.secret) < MIN_SECRET_LENGTH:
         raise ConfigError(
             f"{config.path}: [cluster] secret: missing or shorter than {MIN_SECRET_LENGTH} characters; "
@@ -195,7 +197,7 @@ def raft_conf(config: NodeConfig, on_state: Callable[[int, int], None] | None = 
     data.mkdir(parents=True, exist_ok=True)
     tuning = config.raft
     return SyncObjConf(
-        password=config.secret,
+        password=None,  # SealedSyncObj seals every message with the secret instead of Fernet
         raftMinTimeout=tuning.election_min,
         raftMaxTimeout=tuning.election_max,
         appendEntriesPeriod=tuning.append_period,
@@ -224,8 +226,8 @@ class Election:
         self._names = {o.raft_address: o.name for o in config.orchestrators}
         peers = [p.raft_address for p in config.peers()]
         self._won: int | None = None  # the term this node last became leader in (set on the Raft thread)
-        self._raft = SyncObj(config.me().raft_address, peers, raft_conf(config, self._on_state),
-                             consumers=[self.state])
+        conf = raft_conf(config, self._on_state)
+        self._raft = SealedSyncObj(config.secret, config.me().raft_address, peers, conf, consumers=[self.state])
 
     def _on_state(self, old: int, new: int) -> None:
         """Raft thread: the term is read where it cannot change under us. Read from another

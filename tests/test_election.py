@@ -132,3 +132,23 @@ def test_a_claim_landing_in_a_later_term_is_stale_not_a_second_leader(members):
     assert done.wait(10)
     assert got == [{"ok": False, "code": "stale_claim", "term": old}]
     assert all(m.read(lambda q: (q.leader_of(old), q.violations)) == (None, []) for m in members)
+
+
+def test_a_member_with_another_secret_never_joins(tmp_path):
+    """Raft traffic is sealed with the cluster secret: a node keyed differently cannot read it."""
+    init_cluster(tmp_path, orchestrators=3, drones=0, base_port=0, raft_overrides=FAST_RAFT)
+    configs = [load_config(tmp_path / f"orch-{i}.toml") for i in (1, 2, 3)]
+    configs[2] = dataclasses.replace(configs[2], secret="another cluster's secret, 32+ chars")
+    made = [Election(c) for c in configs]
+    try:
+        leader = wait_until(lambda: _leader(made[:2]), 15, what="a leader among the two that share the secret")
+        done = threading.Event()
+        leader.commit("submit", "b-1", "test", [("a/b-1", "a/b-1", None)], None, 1.0, done=lambda r, e: done.set())
+        assert done.wait(10)
+        wait_until(lambda: all(m.read(lambda q: q.counts()["total"]) == 1 for m in made[:2]), 10,
+                   what="both to apply")
+        assert made[2].read(lambda q: q.counts()["total"]) == 0
+        assert made[2].leader_name() is None and not made[2].raft_is_leader()
+    finally:
+        for m in made:
+            m.close()
