@@ -499,23 +499,28 @@ def _feed(pipe: BinaryIO, data: bytes) -> None:
 
 
 def _check_identity(top: str, meta: dict[str, str], expect_cpv: str | None, label: str) -> str:
-    """The package is what its metadata says, a valid CPV, and what the caller expected."""
+    """The package is what its metadata says, and what the caller expected or else a valid CPV.
+    `expect_cpv` must be a CPV Portage has parsed (the receiver's come from the queue, which
+    takes only parsed ones): a match needs no second parse, ~5% of the leader's time."""
     for key in ("CATEGORY", "PF", "SLOT"):
         if not meta.get(key):
             raise ArtifactError(f"{label}: metadata has no {key}; Portage cannot index it")
     cpv = f"{meta['CATEGORY']}/{meta['PF']}"
-    try:
-        valid = parse_atom(cpv).cpv == cpv
-    except InputError:
-        valid = False
-    if not valid:
+    if expect_cpv is not None and cpv != expect_cpv:
+        raise ArtifactError(f"{label}: holds {cpv!r}, but {expect_cpv} was expected")
+    if expect_cpv is None and not _is_cpv(cpv):  # an expected CPV was parsed when it was submitted
         raise ArtifactError(f"{label}: metadata names {cpv!r}, which is not a valid package version")
     build = top.removeprefix(meta["PF"] + "-")
     if top != meta["PF"] and not (build != top and build.isascii() and build.isdigit()):
         raise ArtifactError(f"{label}: top directory {top!r} does not belong to {cpv}")
-    if expect_cpv is not None and cpv != expect_cpv:
-        raise ArtifactError(f"{label}: holds {cpv}, but {expect_cpv} was expected")
     return cpv
+
+
+def _is_cpv(text: str) -> bool:
+    try:
+        return parse_atom(text).cpv == text
+    except InputError:
+        return False
 
 
 # ---------------------------------------------------------------------------------------------

@@ -144,6 +144,16 @@ def test_inspect_rejects_bad_metadata(tmp_path: Path, override: dict[str, str], 
         inspect_gpkg(path)
 
 
+@pytest.mark.parametrize("expect", [None, "cat/pkg-1.0"])
+def test_inspect_rejects_metadata_naming_no_valid_package(tmp_path: Path, expect: str | None) -> None:
+    """Checked by Portage's parser without an expected CPV; with one, by comparing to it."""
+    path = tmp_path / "p.gpkg.tar"
+    write_gpkg(path, "cat/pkg-1.0", metadata={"CATEGORY": "cat", "PF": "pkg-1.0-x"})
+    reason = "not a valid package version" if expect is None else "'cat/pkg-1.0-x', but cat/pkg-1.0 was expected"
+    with pytest.raises(ArtifactError, match=re.escape(reason)):
+        inspect_gpkg(path, expect_cpv=expect)
+
+
 def test_inspect_bounds_metadata_decompression(package: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(gpkg, "_MAX_METADATA_TAR", 2000)
     with pytest.raises(ArtifactError, match="unpacks to over 2000 bytes"):
