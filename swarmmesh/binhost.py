@@ -134,7 +134,7 @@ class Site:
         return parts
 
     async def staging(self, request: web.Request) -> web.StreamResponse:
-        feed, path = self.node.releases.staging, request.match_info["path"]
+        feed, path = self.node.releases.staging_feed(), request.match_info["path"]
         if path == "Packages":
             return web.Response(body=feed.packages, content_type="text/plain")
         sha = feed.paths.get(path)

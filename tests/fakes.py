@@ -32,6 +32,7 @@ class FakeNode:
         self.releases = SimpleNamespace(serving=None, staging=staging.Feed(), relinked=[],
                                         entries=Entries(data_dir / "entries"))
         self.releases.relink = self.releases.relinked.append
+        self.releases.staging_feed = lambda: self.releases.staging
         self.leader = leader
         self.term = 1
         self.commits: list[tuple] = []

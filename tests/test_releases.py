@@ -175,6 +175,29 @@ def settle(node: FakeNode, comp: Releases, now: float, until, what: str) -> floa
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def test_a_follower_renders_its_staging_feed_only_once_it_is_read(component):
+    node, comp = component
+    node.leader = False
+    info = store_gpkg(node, "app-misc/s-1.0")
+    receive(node, info)
+    now = 100.0
+    for _ in range(10):  # indexed, but nobody reads this follower's feed: no render
+        at(node, comp, now)
+        now += 0.2
+    assert node.releases.entries.get(info.sha256) is not None
+    assert comp.staging_feed().paths == {}  # the first read: stale, and it starts the renders
+    now = settle(node, comp, now, lambda: comp.staging.paths, "the feed, once read")
+    assert list(comp.staging.paths.values()) == [info.sha256]
+    comp._staging_read -= releases.STAGING_INTEREST  # read long ago
+    receive(node, other := store_gpkg(node, "app-misc/t-1.0"))
+    for _ in range(10):
+        at(node, comp, now)
+        now += 0.2
+    assert node.releases.entries.get(other.sha256) is not None and len(comp.staging.paths) == 1
+    node.leader = True  # a new leader renders without being asked
+    settle(node, comp, now, lambda: len(comp.staging.paths) == 2, "the new leader's feed")
+
+
 def test_staging_follows_holds_losses_and_resets_without_rereading_everything(component, monkeypatch):
     node, comp = component
     reads = []
