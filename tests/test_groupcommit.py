@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from swarmmesh.groupcommit import LAZY_HOLD, MAX_BATCH, MAX_HOLD, Outbox
+from swarmmesh.groupcommit import BUSY_ENTRY, LAZY_HOLD, MAX_BATCH, MAX_HOLD, MIN_GAP, Outbox
 
 
 def test_idle_an_urgent_command_leaves_at_once():
@@ -53,3 +53,29 @@ def test_a_full_batch_leaves_at_once_and_big_queues_split():
     assert [len(b) for b in batches] == [MAX_BATCH, MAX_BATCH, 3]
     assert [x for b in batches for x in b] == list(range(2 * MAX_BATCH + 3))
     assert box.in_flight == 4
+
+
+def test_under_load_entries_leave_at_least_min_gap_apart():
+    box: Outbox[int] = Outbox()
+    for i in range(BUSY_ENTRY):
+        box.add(i, 0.0)
+    assert box.take(0.0) == [list(range(BUSY_ENTRY))]  # the first full entry leaves at once
+    box.landed()
+    box.add(100, 0.005)
+    assert box.due() == MIN_GAP and box.take(MIN_GAP - 0.001) == []  # nothing in flight, but busy
+    assert box.take(MIN_GAP) == [[100]]
+    box.landed()
+    box.add(101, MIN_GAP + 0.001)  # the last entry was small: a quiet cluster waits for no gap
+    assert box.due() == MIN_GAP + 0.001
+
+
+def test_the_gap_also_bounds_the_hold_behind_an_entry_in_flight():
+    box: Outbox[int] = Outbox()
+    for i in range(BUSY_ENTRY):
+        box.add(i, 1.0)
+    box.take(1.0)
+    box.add(100, 1.0)
+    assert box.due() == 1.0 + max(MAX_HOLD, MIN_GAP)
+    for i in range(MAX_BATCH):  # a full batch does not wait for anything
+        box.add(i, 1.001, lazy=True)
+    assert box.due() == 1.0
