@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 
 EXPIRE_PERIOD = 1.0
 MAX_ERROR = 8000
+#: A drone whose builds take under this long (moving average) also gets as many jobs as it
+#: said it can queue: each slot then starts its next build the moment it frees, instead of a
+#: Raft round trip later. Longer builds gain nothing from that, and a queued job could sit
+#: behind them, so those drones get work only for free slots.
+PREFETCH_BELOW = 1.0
 
 Clock = Callable[[], float]
 
@@ -43,13 +48,32 @@ class DroneSession:
     slots: int
     builder: str
     last_seen: float
-    running: set[str] = field(default_factory=set)   # committed delegations it is building
+    queue: int = 0                                   # jobs it holds beyond its slots (Hello)
+    running: set[str] = field(default_factory=set)   # committed delegations it builds or queues
     pending: set[str] = field(default_factory=set)   # delegations being committed
     rest_until: float = 0.0                          # said it was busy: no new jobs before this
+    sent: dict[str, float] = field(default_factory=dict)  # key -> when its Job went out
+    build_seconds: float | None = None               # moving average, Job sent to build ended
 
     @property
     def free(self) -> int:
+        """Slots not building nor promised: what dispatch fills first."""
         return self.slots - len(self.running) - len(self.pending)
+
+    @property
+    def room(self) -> int:
+        """Jobs it can take now: free slots, plus its queue while its builds are short."""
+        short = self.build_seconds is not None and self.build_seconds < PREFETCH_BELOW
+        return self.free + (self.queue if short else 0)
+
+    def job_sent(self, key: str, now: float) -> None:
+        self.sent[key] = now
+
+    def job_ended(self, key: str, now: float) -> None:
+        started = self.sent.pop(key, None)
+        if started is not None:
+            took = now - started
+            self.build_seconds = took if self.build_seconds is None else 0.8 * self.build_seconds + 0.2 * took
 
 
 class Broker(Component):
@@ -121,9 +145,10 @@ class Broker(Component):
 
     def _hello(self, identity: bytes, msg: Hello) -> None:
         if not _valid_drone(msg):
-            log.warning("rejected a hello from %r: bad name, cores or slots", identity)
+            log.warning("rejected a hello from %r: bad name, cores, slots or queue", identity)
             return
-        session = DroneSession(msg.drone, identity, msg.cores, msg.slots, msg.builder, self.clock())
+        session = DroneSession(msg.drone, identity, msg.cores, msg.slots, msg.builder, self.clock(),
+                               queue=msg.queue)
         self.drones[msg.drone] = session
         adopt, drop, stored, resend = self.node.election.read(lambda q: _reconcile(q, msg))
         session.running.update([k for k, _ in adopt] + [job.key for job in resend])
@@ -137,6 +162,7 @@ class Broker(Component):
             self.node.send(identity, protocol.Stored(key=key, sha256=sha))
         for job in resend:  # committed to it, but it did not mention them: it never got them
             self.node.send(identity, job)
+            session.job_sent(job.key, self.clock())
         if adopt:
             self._renew(session, [k for k, _ in adopt])
         self.dispatch()
@@ -149,6 +175,7 @@ class Broker(Component):
         session.last_seen = self.clock()
         held = set(self.node.election.read(lambda q: q.delegated_to(msg.drone)))
         session.running &= held  # leases that lapsed or were requeued free their slots
+        session.sent = {k: t for k, t in session.sent.items() if k in held}
         keys = [k for k, _ in _pairs(msg.running)]
         if keys:
             self._renew(session, keys)
@@ -157,6 +184,7 @@ class Broker(Component):
         session = self.drones.get(msg.drone)
         if session is not None:
             session.running.discard(msg.key)
+            session.job_ended(msg.key, self.clock())
         if not self.node.election.read(lambda q: _held_by(q, msg.key, msg.drone)):
             log.warning("failure report of %s from %s rejected: the job is not delegated to it", msg.key, msg.drone)
             self.node.send(identity, protocol.Cancel(key=msg.key, reason="not delegated to you"))
@@ -180,6 +208,7 @@ class Broker(Component):
         session = self.drones.get(msg.drone)
         if session is not None:
             session.running.discard(msg.key)
+            session.sent.pop(msg.key, None)
             session.rest_until = self.clock() + self.policy.heartbeat_seconds
         if self.node.election.read(lambda q: _held_by(q, msg.key, msg.drone)):
             log.info("drone %s had no free slot for %s: requeued", msg.drone, msg.key)
@@ -206,6 +235,7 @@ class Broker(Component):
         session = self.drones.get(drone)
         if session is not None:
             session.running.discard(key)
+            session.job_ended(key, self.clock())
         self.dispatch()
 
     # --- leases --------------------------------------------------------------------------
@@ -231,11 +261,11 @@ class Broker(Component):
 
     # --- dispatch ------------------------------------------------------------------------
     def dispatch(self, fresh: list[str] | None = None) -> None:
-        """Hand needed packages to drones with free slots, most free slots and cores first.
-        `fresh`: instead of the queue's ready packages, these of a submission not yet
-        committed (see dispatch_new)."""
+        """Hand needed packages to drones with room (see DroneSession.room), most free slots
+        and cores first. `fresh`: instead of the queue's ready packages, these of a submission
+        not yet committed (see dispatch_new)."""
         now = self.clock()
-        free = [d for d in self.drones.values() if d.free > 0 and d.rest_until <= now]
+        free = [d for d in self.drones.values() if d.room > 0 and d.rest_until <= now]
         if not free or self._term is None:
             return
         grounded, picks = self.node.election.read(lambda q: _plan(q, free, self.inflight, fresh))
@@ -273,14 +303,16 @@ class Broker(Component):
             current.running.add(key)
             job = self.node.election.read(lambda q: _job(q, key, term))
             if job is not None and self.node.send(current.identity, job):
+                current.job_sent(key, self.clock())
                 log.debug("job %s -> %s", key, session.name)
 
         self.node.commit("delegate", key, session.name, term, now, now + self.policy.lease_seconds, then=then)
 
     # --- balance -------------------------------------------------------------------------
     def balance(self, reply: Any) -> None:
-        """Reclaim leases from vanished drones (no live session holds them). Work is pushed
-        only into free slots, so no drone has queued-but-unstarted jobs to move."""
+        """Reclaim leases from vanished drones (no live session holds them). Queued-but-
+        unstarted work moves by itself: a drone queues jobs only while its builds are short,
+        and hands back any job queued for longer than drone.QUEUE_WAIT."""
         live = set(self.drones)
         stray = self.node.election.read(lambda q: q.delegated_elsewhere(live))
 
@@ -294,7 +326,8 @@ class Broker(Component):
 
 
 def _valid_drone(msg: Hello) -> bool:
-    return 0 < len(msg.drone) <= 64 and msg.drone.isprintable() and 0 < msg.slots <= 256 and 0 < msg.cores <= 4096
+    return (0 < len(msg.drone) <= 64 and msg.drone.isprintable() and 0 < msg.slots <= 256 and 0 < msg.cores <= 4096
+            and 0 <= msg.queue <= 256)
 
 
 def _held_by(q: BuildQueue, key: str, drone: str) -> bool:
@@ -346,7 +379,7 @@ def _plan(q: BuildQueue, free: list[DroneSession], inflight: set[str],
     """Grounded drones, and the next dispatchable packages for the capacity left (one read);
     with `fresh`, those of its keys that are not queued yet instead."""
     grounded = set(q.grounded())
-    capacity = sum(d.free for d in free if d.name not in grounded)
+    capacity = sum(d.room for d in free if d.name not in grounded)
     if capacity <= 0:
         return grounded, []
     if fresh is not None:
@@ -356,10 +389,11 @@ def _plan(q: BuildQueue, free: list[DroneSession], inflight: set[str],
 
 
 def _choose(free: list[DroneSession], failed_on: list[str]) -> DroneSession | None:
-    """Most free slots, then most cores; a retry prefers a drone it has not failed on."""
-    candidates = [d for d in free if d.free > 0]
+    """Most free slots, then most room to queue, then most cores; a retry prefers a drone it
+    has not failed on."""
+    candidates = [d for d in free if d.room > 0]
     fresh = [d for d in candidates if d.name not in failed_on]
     pool = fresh or candidates
     if not pool:
         return None
-    return max(pool, key=lambda d: (d.free, d.cores, d.name))
+    return max(pool, key=lambda d: (d.free, d.room, d.cores, d.name))

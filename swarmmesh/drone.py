@@ -11,6 +11,7 @@ again to whichever leader comes next.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import itertools
 import logging
@@ -48,7 +49,10 @@ JOIN_SECONDS = 7.0         # an emerge needs up to 5 s to die after SIGTERM
 MAX_ERROR = 16_000
 MAX_BURST = 1000           # frames read per socket per step, so one socket cannot starve the rest
 
-BUILDING, UPLOADING, FAILED = "building", "uploading", "failed"
+#: A queued job (held while every slot builds) goes back to the leader after waiting this long,
+#: so a drone whose builds turned long does not sit on work another drone could start.
+QUEUE_WAIT = 5.0
+BUILDING, UPLOADING, FAILED, QUEUED = "building", "uploading", "failed", "queued"
 _JOB_DIR = re.compile(r"[A-Za-z0-9._-]+-[0-9]+\Z")  # what _make_workdir names
 
 
@@ -221,6 +225,7 @@ class Drone:
         self.work_dir = self.dc.work_dir or config.data_dir / "work"
         self.beat = config.queue.heartbeat_seconds
         self.jobs: dict[str, _Job] = {}
+        self._queued: collections.deque[_Job] = collections.deque()  # QUEUED jobs, oldest first
         self.dying: list[_Job] = []       # cancelled builds whose thread has not returned yet
         self.settled = 0
         self._counter = itertools.count(1)
@@ -262,6 +267,7 @@ class Drone:
         if self.dealer is not None and self.dealer in events:
             transport.drain(self.dealer, self._on_frame, MAX_BURST)
         self.inbox.run_pending()
+        self._start_queued()
         self._tick(self.clock())
 
     def run(self, once: bool = False) -> None:
@@ -299,10 +305,12 @@ class Drone:
             return
         if now >= self._next_beat and not self._bye_sent:
             self._next_beat = now + self.beat
-            self._send(Heartbeat(drone=self.name, running=self._pairs(BUILDING, UPLOADING)))
+            self._send(Heartbeat(drone=self.name, running=self._pairs(BUILDING, UPLOADING, QUEUED)))
         for job in list(self.jobs.values()):
             if job.resend_at is not None and now >= job.resend_at:
                 self._report(job)
+        while self._queued and now - self._queued[0].started > QUEUE_WAIT:
+            self._hand_back(self._queued[0], f"queued for over {QUEUE_WAIT:g}s")
 
     # --- following the leader ----------------------------------------------------------------
     def _on_event(self, parts: list[bytes]) -> None:
@@ -346,7 +354,8 @@ class Drone:
     def _hello(self) -> None:
         self._hello_at = self.clock()
         self._send(Hello(drone=self.name, cores=self.dc.cores, slots=self.dc.slots, builder=self.builder.name,
-                         running=self._pairs(BUILDING), uploads=self._pairs(UPLOADING)))
+                         running=self._pairs(BUILDING, QUEUED), uploads=self._pairs(UPLOADING),
+                         queue=self.dc.slots))
 
     def _lose_leader(self) -> None:
         """Stop talking to the old leader: uploads in flight stop, everything waits for a Welcome."""
@@ -413,25 +422,43 @@ class Drone:
             return  # (and a failure of this very attempt is still being reported)
         if old is not None:
             self._settle(old, "superseded by a new attempt")
-        if self._busy() >= self.dc.slots:
-            self._send(protocol.Busy(drone=self.name, key=msg.key, term=msg.term))
-            return
-        self._start(msg)
-
-    def _start(self, msg: Job) -> None:
         job = _Job(msg.key, msg.cpv, msg.repo, msg.term, None, self.clock(), attempt=msg.attempt)
-        self.jobs[msg.key] = job
+        if self._busy() < self.dc.slots:
+            self.jobs[msg.key] = job
+            self._start(job)
+        elif len(self._queued) < self.dc.slots:  # announced as `queue` in our Hello
+            job.state = QUEUED
+            self.jobs[msg.key] = job
+            self._queued.append(job)
+        else:
+            self._send(protocol.Busy(drone=self.name, key=msg.key, term=msg.term))
+
+    def _start_queued(self) -> None:
+        """Queued jobs take the slots that freed, oldest first (none once stopping)."""
+        while self._queued and self._busy() < self.dc.slots and not self._stopping:
+            job = self._queued.popleft()
+            job.state = BUILDING
+            self._start(job)
+
+    def _hand_back(self, job: _Job, why: str) -> None:
+        """A queued job goes back to needed, no attempt charged (`Busy` does that)."""
+        self._queued.remove(job)
+        self.jobs.pop(job.key, None)
+        self._send(protocol.Busy(drone=self.name, key=job.key, term=job.term))
+        self._ended(job, f"handed back unstarted ({why})")
+
+    def _start(self, job: _Job) -> None:
         try:
-            split_cpv(msg.cpv)
-            check_repo(msg.repo)
+            split_cpv(job.cpv)
+            check_repo(job.repo)
             if getattr(self.builder, "needs_workdir", True):
-                job.workdir = self._make_workdir(msg.key)
+                job.workdir = self._make_workdir(job.key)
         except (InputError, OSError) as exc:
             self._fail(job, f"cannot start the build: {exc}")
             return
         job.finished = threading.Event()
         self._pool.submit(lambda: self._build(job))
-        log.debug("job %s (attempt %d, term %d) started in %s", msg.key, msg.attempt, msg.term, job.workdir)
+        log.debug("job %s (attempt %d, term %d) started in %s", job.key, job.attempt, job.term, job.workdir)
 
     def _make_workdir(self, key: str) -> Path:
         """A fresh directory named by us: the key only lends a readable, sanitized prefix."""
@@ -497,6 +524,8 @@ class Drone:
         job = self.jobs.pop(key, None)
         if job is None:
             return
+        if job.state == QUEUED:
+            self._queued.remove(job)
         job.cancel.set()
         if job.state == BUILDING and job.finished is not None:
             self.dying.append(job)  # its files go when the build has stopped writing them
@@ -573,6 +602,8 @@ class Drone:
         """Take no new jobs, let builds finish within a lease, hand back the rest, finish the
         uploads the leader can still take. Never deletes an artifact that was not stored."""
         self._stopping = True
+        while self._queued:
+            self._hand_back(self._queued[0], "drone stopping")
         self._wait(lambda: not self._pairs(BUILDING), self.config.queue.lease_seconds)
         running = [job.key for job in self.jobs.values() if job.state == BUILDING]
         for key in running:

@@ -86,8 +86,9 @@ class Hello(Message):
     cores: int
     slots: int
     builder: str
-    running: list = field(default_factory=list)   # [[key, term], ...]
+    running: list = field(default_factory=list)   # [[key, term], ...] building or queued
     uploads: list = field(default_factory=list)   # [[key, term], ...] built, awaiting ack
+    queue: int = 0            # jobs it holds beyond its slots, started as slots free (0: none)
 
 
 @dataclass(frozen=True)

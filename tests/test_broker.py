@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from swarmmesh import broker as broker_mod
 from swarmmesh import protocol
 from swarmmesh.broker import Broker
 from swarmmesh.config import GatewayConfig, NodeConfig, OrchestratorAddr, QueuePolicy, RaftTuning
@@ -169,6 +170,41 @@ def test_submission_order_is_the_dispatch_order_and_a_full_drone_gets_nothing(ma
     assert jobs(node) == []  # both slots busy: push, never queue at the drone
     complete(broker, node, "cat/c-1", "d1")
     assert jobs(node, "d1") == ["cat/b-1"]
+
+
+def test_a_drone_with_short_builds_also_fills_its_queue_and_long_builds_stop_that(make, clock):
+    broker, node = make()
+    submit(node, *[f"cat/p{i}-1" for i in range(12)])
+    hello(broker, node, "d1", slots=2, queue=2)
+    assert jobs(node) == ["cat/p0-1", "cat/p1-1"]  # no build measured yet: free slots only
+    clock.t += 0.2  # a short build
+    complete(broker, node, "cat/p0-1", "d1")
+    assert jobs(node, "d1") == ["cat/p2-1", "cat/p3-1", "cat/p4-1"]  # its free slot and its queue
+    assert broker.drones["d1"].room == 0
+    for key in ("cat/p1-1", "cat/p2-1", "cat/p3-1"):  # builds that took long
+        clock.t += 3.0
+        complete(broker, node, key, "d1")
+    assert broker.drones["d1"].build_seconds > broker_mod.PREFETCH_BELOW
+    assert jobs(node, "d1") == ["cat/p5-1"]  # while the average was still short
+    assert broker.drones["d1"].running == {"cat/p4-1", "cat/p5-1"}  # as many as it has slots
+    clock.t += 3.0
+    complete(broker, node, "cat/p4-1", "d1")
+    assert jobs(node, "d1") == ["cat/p6-1"] and broker.drones["d1"].room == 0  # slots only now
+
+
+def test_a_free_slot_wins_over_room_in_a_queue(make, clock):
+    broker, node = make()
+    submit(node, "cat/a-1", "cat/b-1")
+    hello(broker, node, "fast", slots=1, cores=128, queue=4)
+    clock.t += 0.1
+    complete(broker, node, jobs(node, "fast")[0], "fast")
+    assert jobs(node, "fast") == ["cat/b-1"]
+    submit(node, "cat/c-1", "cat/d-1")
+    hello(broker, node, "idle", slots=1, cores=1)
+    assert jobs(node, "idle") == ["cat/c-1"]  # a free slot, though fast has more cores and room
+    broker.tick(clock.t)
+    node.flush()
+    assert jobs(node, "fast") == ["cat/d-1"]  # then the queue of the drone whose builds are short
 
 
 def test_dependencies_gate_dispatch_until_received(make):

@@ -395,15 +395,54 @@ def test_no_free_slot_and_bad_frames(make_drone, leaders):
     join(d, a)
     a.router.send_multipart([NAME.encode(), b"\xc1 not msgpack"])
     a.send(job())
+    a.send(job(key="cat/queued-1.0"))  # the slot builds: queued (one per slot)
     a.send(job(key="cat/other-1.0"))
     busy = drive(d, lambda: a.poll(Busy), what="the refusal")
     assert busy.key == "cat/other-1.0"  # a capacity refusal, not a build failure
+    assert d.jobs["cat/queued-1.0"].state == drone_mod.QUEUED
     a.send(Cancel(key=KEY))
-    drive(d, lambda: not d.jobs and not d.dying, what="the build to stop")
+    drive(d, lambda: d.jobs["cat/queued-1.0"].state == drone_mod.BUILDING, what="the queued job to start")
+    a.send(Cancel(key="cat/queued-1.0"))
+    drive(d, lambda: not d.jobs and not d.dying, what="the builds to stop")
     a.send(job(key="evil", cpv="../../etc/passwd-1.0"))
     failed = drive(d, lambda: a.poll(JobFailed), what="the bad CPV report")
     assert failed.key == "evil" and "cannot start the build" in failed.error
     assert not any(p.name.startswith("..") for p in d.work_dir.rglob("*"))  # (no work dir at all is fine)
+
+
+def test_a_queued_job_starts_when_a_slot_frees_and_is_announced_and_renewed(make_drone, leaders):
+    a, b = leaders
+    d = make_drone(slots=1, min_seconds=60.0, max_seconds=60.0)
+    assert join(d, a).queue == 1  # one queued job per slot
+    a.send(job())
+    a.send(job(key="cat/next-1.0"))
+    beat = drive(d, lambda: a.poll(Heartbeat, lambda m: len(m.running) == 2), what="a beat renewing both")
+    assert beat.running == [[KEY, 3], ["cat/next-1.0", 3]]
+    d.step(0.01)
+    assert [j.state for j in d.jobs.values()] == [drone_mod.BUILDING, drone_mod.QUEUED]
+    b.announce(4)  # a new leader: the queued job is announced with the running one, to be adopted
+    hello = drive(d, lambda: b.poll(Hello), what="a hello to the new leader")
+    assert hello.running == [[KEY, 3], ["cat/next-1.0", 3]] and hello.uploads == []
+    b.welcome(4, drop=["cat/next-1.0"])  # ...or dropped, like a running one
+    drive(d, lambda: "cat/next-1.0" not in d.jobs, what="the drop")
+    assert not d._queued and d.jobs[KEY].state == drone_mod.BUILDING
+
+
+def test_a_job_queued_too_long_or_at_stop_goes_back_unstarted(make_drone, leaders, monkeypatch):
+    a, _ = leaders
+    monkeypatch.setattr(drone_mod, "QUEUE_WAIT", 0.3)
+    d = make_drone(slots=1, beat=1.0, min_seconds=60.0, max_seconds=60.0)  # the stand-in stays "heard"
+    join(d, a)
+    a.send(job())
+    a.send(job(key="cat/stuck-1.0"))
+    busy = drive(d, lambda: a.poll(Busy), what="the hand-back")
+    assert (busy.key, busy.term) == ("cat/stuck-1.0", 3) and "cat/stuck-1.0" not in d.jobs
+    a.send(job(key="cat/late-1.0"))
+    drive(d, lambda: "cat/late-1.0" in d.jobs, what="the second queued job")
+    monkeypatch.setattr(drone_mod, "HANDBACK_WAIT", 0.1)
+    d.shutdown()  # the queued job goes back at once; the build within a lease (1 s here)
+    assert a.poll(Busy).key == "cat/late-1.0"
+    assert a.poll(Bye).hand_back == [KEY] and not d.jobs
 
 
 def run_in_thread(threads: list, d: Drone, once: bool = False) -> threading.Thread:
