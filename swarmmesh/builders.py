@@ -73,10 +73,7 @@ class Builder(Protocol):
 def split_cpv(cpv: str) -> tuple[str, str, str]:
     """(category, PN, PF) of a bare CPV, refusing anything that is not one: the parts become
     path components, and a CPV comes from the network."""
-    ref = gentoo.parse_atom(cpv)  # Portage's own parser: no '/', '..' or spaces survive it
-    if ref.cpv != cpv or ref.repo is not None:
-        raise InputError(f"{cpv!r} is not a bare category/package-version such as cat/pkg-1.0")
-    return ref.category, ref.pn, ref.pf
+    return gentoo.cpv_parts(cpv)  # Portage's own parser: no '/', '..' or spaces survive it
 
 
 def check_repo(repo: str | None) -> None:

@@ -42,7 +42,7 @@ from portage.const import MANIFEST2_HASH_DEFAULTS
 
 from swarmmesh import tarblock
 from swarmmesh.errors import ArtifactError, InputError
-from swarmmesh.gentoo import parse_atom
+from swarmmesh.gentoo import cpv_parts
 
 log = logging.getLogger(__name__)
 _CHUNK = 1 << 20  # files are read, and image data made (gpkg_writer), in pieces of this size
@@ -518,9 +518,10 @@ def _check_identity(top: str, meta: dict[str, str], expect_cpv: str | None, labe
 
 def _is_cpv(text: str) -> bool:
     try:
-        return parse_atom(text).cpv == text
+        cpv_parts(text)
     except InputError:
         return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------

@@ -223,7 +223,7 @@ def test_emerge_success_without_a_gpkg_is_a_failure(fake_emerge, tmp_path):
 
 def test_emerge_refuses_a_bad_cpv_before_running_anything(fake_emerge, tmp_path):
     result = fake_emerge("ok").build("../../etc-1.0", None, tmp_path, threading.Event())
-    assert not result.ok and "not a package" in result.error
+    assert not result.ok and "not a bare category/package-version" in result.error
     assert not (tmp_path / "pkgdir").exists() and not (tmp_path / "build.log").exists()
 
 

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from swarmmesh.errors import ArtifactError, BadAtomsError, InputError
 from swarmmesh.gentoo import (
     PackageRef,
+    cpv_parts,
     gpkg_relpath,
     packages_index_entry,
     parse_atom,
@@ -132,6 +133,33 @@ def test_any_text_is_a_package_or_an_input_error(text: str) -> None:
         return
     parts = gpkg_relpath(ref).split("/")
     assert len(parts) == 3 and ".." not in parts and all(parts)
+
+
+_ODD_CPVS = ["cat/pkg-1.0\n", "cat/pkg-1.0 ", "cat/pkg-1.0:0", "cat/pkg-1.0::r", "cat/../x-1", "cat/pkg-1.0/x",
+             "=cat/pkg-1.0", "cat/-pkg-1", "cat/pkg-01.0", "cat/pkg-1.0-r0", "cat.x/pkg-1", "-cat/pkg-1",
+             "cat/pkg-1.0-r1-r2", "cat/pkg-r1-1.0", "cat//pkg-1", "/pkg-1", "cat/pkg-1.0-", "cat/pkg-1.0\x00",
+             "cat/pk\u00e9-1", "cat/pkg-1.0_pre20260101", "cat/pkg-1e", "cat/pkg-1.0*", "cat/pkg-1.0[x]"]
+
+
+def _bare_by_atom(text: str) -> tuple[str, str, str] | None:
+    try:
+        ref = parse_atom(text)
+    except InputError:
+        return None
+    return (ref.category, ref.pn, ref.pf) if ref.cpv == text and ref.repo is None else None
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.sampled_from(_ODD_CPVS),
+                 st.text(alphabet="ab-_+.019r/:*=~<>@! \n", max_size=14),
+                 st.builds(lambda t: "cat/" + t, st.text(alphabet="ab-_+.019r/:*@ \n", max_size=12))))
+def test_cpv_parts_accepts_exactly_the_bare_cpvs_an_atom_does(text: str) -> None:
+    """cpv_parts stands in for Portage's Atom where only a bare CPV will do (it is cheaper)."""
+    try:
+        parts = cpv_parts(text)
+    except InputError:
+        parts = None
+    assert parts == _bare_by_atom(text)
 
 
 def test_gpkg_relpath() -> None:
