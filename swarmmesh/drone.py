@@ -120,6 +120,12 @@ class Uploader:
         self._quick_url: str | None = None
 
     def retarget(self, url: str | None) -> int:
+        """On the loop thread: a new leader's PULL (None: no leader). `send_now`'s socket to the
+        old one closes now rather than at the next small upload, so it stops reconnecting to a
+        node that may be gone."""
+        if self._quick is not None and self._quick_url != url:
+            self._quick.close(0)
+            self._quick = self._quick_url = None
         with self._lock:
             self._generation += 1
             self._target = url

@@ -283,6 +283,10 @@ def test_one_chunk_artifact_skips_the_upload_thread_unless_the_leader_holds_uplo
     a.send(job(key="cat/held-1.0"))
     _data, trailer = drive(d, a.upload, what="the upload, from the upload thread")
     assert trailer.key == "cat/held-1.0" and submitted == ["cat/held-1.0"]
+    quick = d.uploader._quick
+    assert quick is not None and not quick.closed
+    d._lose_leader()  # its socket to this leader closes with the leader, not at the next upload
+    assert quick.closed and d.uploader._quick is None
 
 
 def test_failure_is_sent_again_to_the_next_leader_until_acked(make_drone, leaders):
