@@ -16,7 +16,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pysyncobj import FAIL_REASON, SyncObjConf, SyncObjConsumer, replicated
 
@@ -26,6 +26,8 @@ from swarmmesh.queue import BuildQueue
 from swarmmesh.raftcipher import SealedSyncObj
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _LEADER = 2  # pysyncobj's _RAFT_STATE.LEADER
 
@@ -268,7 +270,7 @@ class Election:
     def fingerprint(self) -> str:
         return self.state.fingerprint()
 
-    def read(self, fn: Callable[[BuildQueue], Any]) -> Any:
+    def read(self, fn: Callable[[BuildQueue], T]) -> T:
         """Run `fn` on the queue under the lock: a consistent view, even mid-apply."""
         with self.state.lock:
             return fn(self.state.queue)
