@@ -369,8 +369,11 @@ def up(directory: str | os.PathLike[str], nodes: list[str] | None = None, wait: 
 # --- down -------------------------------------------------------------------------------------
 
 
-def _signal(pid: int, sig: signal.Signals) -> None:
-    """Signal the node's whole process group (its builds too) when it leads one."""
+def _signal(pid: int | None, sig: signal.Signals) -> None:
+    """Signal the node's whole process group (its builds too) when it leads one. A node that
+    has no pid (no pid file) has nothing to signal."""
+    if pid is None:
+        return
     with contextlib.suppress(ProcessLookupError):
         if os.getpgid(pid) == pid:
             os.killpg(pid, sig)
@@ -395,11 +398,11 @@ def down(directory: str | os.PathLike[str], nodes: list[str] | None = None, time
     known = [_describe(root, c) for c in configs if _read_pid(root, c.name) is not None]
     running = [n for n in known if n.alive]
     for node in running:
-        _signal(node.pid, signal.SIGKILL if kill else signal.SIGTERM)  # type: ignore[arg-type]
+        _signal(node.pid, signal.SIGKILL if kill else signal.SIGTERM)
     left = _wait_gone(running, time.monotonic() + timeout)
     for node in left:
         log.warning("%s (pid %s) still running %g s after SIGTERM; killing it", node.name, node.pid, timeout)
-        _signal(node.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        _signal(node.pid, signal.SIGKILL)
     left = _wait_gone(left, time.monotonic() + min(timeout, 5.0))
     for node in known:
         if node not in left:

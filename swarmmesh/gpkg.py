@@ -480,7 +480,8 @@ def _zstd_decompress(data: bytes, limit: int, label: str) -> bytes:
                           stderr=subprocess.DEVNULL) as proc:
         feeder = threading.Thread(target=_feed, args=(proc.stdin, data), daemon=True)
         feeder.start()
-        out = proc.stdout.read(limit + 1)  # type: ignore[union-attr]
+        assert proc.stdout is not None  # stdout=PIPE
+        out = proc.stdout.read(limit + 1)
         if len(out) > limit:
             proc.kill()
         feeder.join()

@@ -142,7 +142,8 @@ def _numbers(block: bytes) -> tuple[int, int] | None:
     if int.from_bytes(block[100:156], "big") & _CANONICAL_MASK == _CANONICAL and block[329:345] == _NO_DEVICE:
         return int(block[124:135], 8), int(block[148:154], 8)
     values = [_number(block[start:end]) for start, end in _NUMBER_FIELDS]
-    return None if None in values else (values[3], values[5])  # type: ignore[return-value]
+    size, checksum = values[3], values[5]
+    return None if None in values or size is None or checksum is None else (size, checksum)
 
 
 def _number(field: bytes) -> int | None:
