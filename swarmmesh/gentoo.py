@@ -198,13 +198,17 @@ def cpv_parts(cpv: str) -> tuple[str, str, str]:
 def gpkg_relpath(ref_or_cpv: PackageRef | str, build_id: int = 1) -> str:
     """Where a package lives in a binhost (binpkg-multi-instance layout), from a checked CPV only."""
     cpv = ref_or_cpv.cpv if isinstance(ref_or_cpv, PackageRef) else ref_or_cpv
+    if not isinstance(build_id, int) or build_id < 1:
+        raise _unplaceable(cpv, build_id)
     try:
         category, pn, pf = cpv_parts(cpv)
     except InputError:
-        category = pn = pf = ""
-    if not pf or not isinstance(build_id, int) or build_id < 1:
-        raise InputError(f"cannot place {cpv!r} build {build_id!r}: need a bare cat/pkg-1.0, build id >= 1")
+        raise _unplaceable(cpv, build_id) from None
     return f"{category}/{pn}/{pf}-{build_id}.gpkg.tar"
+
+
+def _unplaceable(cpv: str, build_id: object) -> InputError:
+    return InputError(f"cannot place {cpv!r} build {build_id!r}: need a bare cat/pkg-1.0, build id >= 1")
 
 
 # ---------------------------------------------------------------------------------------------
