@@ -310,17 +310,22 @@ class Broker(Component):
 
     # --- balance -------------------------------------------------------------------------
     def balance(self, reply: Any) -> None:
-        """Reclaim leases from vanished drones (no live session holds them). Queued-but-
-        unstarted work moves by itself: a drone queues jobs only while its builds are short,
-        and hands back any job queued for longer than drone.QUEUE_WAIT."""
+        """Reclaim leases from vanished drones (no live session holds them), and have every
+        drone that may queue jobs hand back those it has not started, so that idle drones
+        take them. (A drone queues only while its builds are short, and hands back by itself
+        any job queued for longer than drone.QUEUE_WAIT: this only makes it happen now.)"""
         live = set(self.drones)
         stray = self.node.election.read(lambda q: q.delegated_elsewhere(live))
+        asked = sorted(d.name for d in self.drones.values() if d.queue > 0 and d.running)
+        for name in asked:
+            self.node.send(self.drones[name].identity, protocol.Unqueue(reason="balance"))
 
         def then(result: Any, err: str | None) -> None:
-            reply({"requeued": stray if err is None else [], "drones": sorted(live), "error": err})
+            reply({"requeued": stray if err is None else [], "drones": sorted(live), "unqueued": asked,
+                   "error": err})
 
         if not stray:
-            reply({"requeued": [], "drones": sorted(live), "error": None})
+            reply({"requeued": [], "drones": sorted(live), "unqueued": asked, "error": None})
             return
         self.node.commit("requeue", stray, "balance: drone gone", self.wall(), then=then)
 

@@ -324,7 +324,8 @@ def finalize(api: Any, force: bool) -> None:
 
 @client_command
 def balance(api: Any) -> None:
-    """Take back jobs held by drones that are gone, so live drones build them (no attempt charged)."""
+    """Take back jobs held by drones that are gone, and jobs drones queued but have not started,
+    so that free drones build them (no attempt charged)."""
     _echo_result("balance", api.balance())
 
 

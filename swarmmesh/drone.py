@@ -415,6 +415,7 @@ class Drone:
         p = protocol
         return {Welcome: self._on_welcome, p.NotLeader: self._on_not_leader, Job: self._on_job,
                 p.Cancel: lambda m: self._cancel(m.key, m.reason or "cancelled by the leader"),
+                p.Unqueue: lambda m: self._hand_back_queued(m.reason or "asked by the leader"),
                 p.Stored: self._on_stored, p.Rejected: self._on_rejected, p.Ack: self._on_ack,
                 Heartbeat: lambda m: None}
 
@@ -445,6 +446,10 @@ class Drone:
             job = self._queued.popleft()
             job.state = BUILDING
             self._start(job)
+
+    def _hand_back_queued(self, why: str) -> None:
+        while self._queued:
+            self._hand_back(self._queued[0], why)
 
     def _hand_back(self, job: _Job, why: str) -> None:
         """A queued job goes back to needed, no attempt charged (`Busy` does that)."""
@@ -608,8 +613,7 @@ class Drone:
         """Take no new jobs, let builds finish within a lease, hand back the rest, finish the
         uploads the leader can still take. Never deletes an artifact that was not stored."""
         self._stopping = True
-        while self._queued:
-            self._hand_back(self._queued[0], "drone stopping")
+        self._hand_back_queued("drone stopping")
         self._wait(lambda: not self._pairs(BUILDING), self.config.queue.lease_seconds)
         running = [job.key for job in self.jobs.values() if job.state == BUILDING]
         for key in running:

@@ -8,7 +8,8 @@ Sockets and what travels on them:
 
 * orchestrator ROUTER (broker port) <- DEALER: `Request`/`Reply` (control API, from the
   gateway and the CLI), and the drone conversation (`Hello`, `Heartbeat`, `Job`,
-  `JobFailed`, `Cancel`, `NotLeader`, `Welcome`, `Stored`, `Rejected`).
+  `JobFailed`, `Busy`, `Bye`, `Cancel`, `Unqueue`, `NotLeader`, `Welcome`, `Stored`, `Rejected`,
+  `Ack`).
 * orchestrator PULL (artifacts port) <- drone PUSH: `Chunk`... then `Trailer`.
 * orchestrator PUB (events port) -> SUB: topic frame + one message: `LeaderInfo` on topic
   ``leader`` (leader only), `NodeInfo` on topic ``node`` (every orchestrator).
@@ -145,6 +146,14 @@ class Busy(Message):
     drone: str
     key: str
     term: int
+
+
+@dataclass(frozen=True)
+class Unqueue(Message):
+    """`balance`: hand back every job queued and not started yet, each as a `Busy`."""
+
+    TYPE: ClassVar[str] = "unqueue"
+    reason: str = ""
 
 
 @dataclass(frozen=True)

@@ -402,8 +402,22 @@ def test_balance_reclaims_leases_of_drones_without_a_session(make):
     replies: list[dict] = []
     broker.balance(replies.append)
     node.flush()
-    assert replies == [{"requeued": ["cat/a-1"], "drones": ["d1"], "error": None}]
+    assert replies == [{"requeued": ["cat/a-1"], "drones": ["d1"], "unqueued": [], "error": None}]
     assert state(node, "cat/a-1")[0] == NEEDED and state(node, "cat/b-1")[0] == DELEGATED
+
+
+def test_balance_asks_drones_that_queue_to_hand_back_unstarted_jobs(make, clock):
+    broker, node = make()
+    submit(node, "cat/a-1", "cat/b-1")
+    hello(broker, node, "fast", slots=1, queue=1)
+    hello(broker, node, "plain", slots=1)
+    hello(broker, node, "idle", slots=1, queue=1)
+    node.take(Job)
+    replies: list[dict] = []
+    broker.balance(replies.append)
+    assert replies == [{"requeued": [], "drones": ["fast", "idle", "plain"], "unqueued": ["fast"], "error": None}]
+    [unqueue] = node.take(protocol.Unqueue, "fast")  # plain cannot queue, idle holds nothing
+    assert unqueue.reason == "balance" and node.take(protocol.Unqueue) == []
 
 
 def test_a_delegation_committed_after_a_rehello_still_reaches_the_drone(make):

@@ -430,6 +430,11 @@ def test_a_queued_job_starts_when_a_slot_frees_and_is_announced_and_renewed(make
     b.welcome(4, drop=["cat/next-1.0"])  # ...or dropped, like a running one
     drive(d, lambda: "cat/next-1.0" not in d.jobs, what="the drop")
     assert not d._queued and d.jobs[KEY].state == drone_mod.BUILDING
+    b.send(job(key="cat/third-1.0", term=4))
+    drive(d, lambda: "cat/third-1.0" in d.jobs, what="a queued job again")
+    b.send(protocol.Unqueue(reason="balance"))  # what `balance` sends: queued jobs go back now
+    busy = drive(d, lambda: b.poll(Busy), what="the hand-back")
+    assert (busy.key, busy.term) == ("cat/third-1.0", 4) and list(d.jobs) == [KEY]
 
 
 def test_a_job_queued_too_long_or_at_stop_goes_back_unstarted(make_drone, leaders, monkeypatch):
