@@ -14,6 +14,7 @@ blindly. Both clocks are injectable, so tests step time instead of sleeping.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,11 +32,15 @@ log = logging.getLogger(__name__)
 
 EXPIRE_PERIOD = 1.0
 MAX_ERROR = 8000
-#: A drone whose builds take under this long (moving average) also gets as many jobs as it
-#: said it can queue: each slot then starts its next build the moment it frees, instead of a
-#: Raft round trip later. Longer builds gain nothing from that, and a queued job could sit
-#: behind them, so those drones get work only for free slots.
+#: A drone whose builds take under this long (moving average) also gets jobs to queue, up to
+#: what it said it can hold: each slot then starts its next build the moment it frees, instead
+#: of a Raft round trip later, and each log entry carries more delegations. Longer builds gain
+#: nothing from that, and a queued job could sit behind them, so those drones get work only
+#: for free slots.
 PREFETCH_BELOW = 1.0
+#: ...and no more queued jobs than its slots build in this long, so the work waiting on one
+#: drone stays short (a zero-second build fills the queue; a 0.5 s one gets one per 2 slots).
+PREFETCH_WINDOW = 0.25
 
 Clock = Callable[[], float]
 
@@ -62,9 +67,11 @@ class DroneSession:
 
     @property
     def room(self) -> int:
-        """Jobs it can take now: free slots, plus its queue while its builds are short."""
-        short = self.build_seconds is not None and self.build_seconds < PREFETCH_BELOW
-        return self.free + (self.queue if short else 0)
+        """Jobs it can take now: free slots, plus queued ones while its builds are short."""
+        took = self.build_seconds
+        if took is None or took >= PREFETCH_BELOW:
+            return self.free
+        return self.free + min(self.queue, math.ceil(self.slots * PREFETCH_WINDOW / max(took, 0.001)))
 
     def job_sent(self, key: str, now: float) -> None:
         self.sent[key] = now

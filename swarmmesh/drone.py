@@ -49,8 +49,11 @@ JOIN_SECONDS = 7.0         # an emerge needs up to 5 s to die after SIGTERM
 MAX_ERROR = 16_000
 MAX_BURST = 1000           # frames read per socket per step, so one socket cannot starve the rest
 
-#: A queued job (held while every slot builds) goes back to the leader after waiting this long,
-#: so a drone whose builds turned long does not sit on work another drone could start.
+#: Jobs a drone can hold per slot while every slot builds (announced as Hello.queue; the leader
+#: sends that many only while builds are short, see broker.PREFETCH_BELOW).
+QUEUE_PER_SLOT = 4
+#: A queued job goes back to the leader after waiting this long, so a drone whose builds
+#: turned long does not sit on work another drone could start.
 QUEUE_WAIT = 5.0
 BUILDING, UPLOADING, FAILED, QUEUED = "building", "uploading", "failed", "queued"
 _JOB_DIR = re.compile(r"[A-Za-z0-9._-]+-[0-9]+\Z")  # what _make_workdir names
@@ -361,7 +364,7 @@ class Drone:
         self._hello_at = self.clock()
         self._send(Hello(drone=self.name, cores=self.dc.cores, slots=self.dc.slots, builder=self.builder.name,
                          running=self._pairs(BUILDING, QUEUED), uploads=self._pairs(UPLOADING),
-                         queue=self.dc.slots))
+                         queue=QUEUE_PER_SLOT * self.dc.slots))
 
     def _lose_leader(self) -> None:
         """Stop talking to the old leader: uploads in flight stop, everything waits for a Welcome."""
@@ -433,7 +436,7 @@ class Drone:
         if self._busy() < self.dc.slots:
             self.jobs[msg.key] = job
             self._start(job)
-        elif len(self._queued) < self.dc.slots:  # announced as `queue` in our Hello
+        elif len(self._queued) < QUEUE_PER_SLOT * self.dc.slots:  # announced as `queue` in our Hello
             job.state = QUEUED
             self.jobs[msg.key] = job
             self._queued.append(job)

@@ -192,6 +192,21 @@ def test_a_drone_with_short_builds_also_fills_its_queue_and_long_builds_stop_tha
     assert jobs(node, "d1") == ["cat/p6-1"] and broker.drones["d1"].room == 0  # slots only now
 
 
+def test_the_queue_a_drone_gets_holds_about_a_window_of_its_builds(make, clock):
+    broker, node = make()
+    submit(node, *[f"cat/p{i}-1" for i in range(60)])
+    hello(broker, node, "d1", slots=4, queue=16)
+    assert len(jobs(node, "d1")) == 4
+    clock.t += 0.5  # builds of 0.5 s: 4 slots build 2 jobs in PREFETCH_WINDOW (0.25 s)
+    complete(broker, node, "cat/p0-1", "d1")
+    assert len(jobs(node, "d1")) == 1 + 2  # the free slot, and two to queue
+    session = broker.drones["d1"]
+    for _ in range(20):  # then builds that take no time at all: the average falls, the queue grows
+        complete(broker, node, sorted(session.running, key=lambda k: int(k[5:-2]))[0], "d1")
+    assert session.build_seconds < 0.25 / 16 and session.room == 0
+    assert len(session.running) == 4 + 16  # the slots and the whole queue it announced
+
+
 def test_a_free_slot_wins_over_room_in_a_queue(make, clock):
     broker, node = make()
     submit(node, "cat/a-1", "cat/b-1")

@@ -399,14 +399,17 @@ def test_no_free_slot_and_bad_frames(make_drone, leaders):
     join(d, a)
     a.router.send_multipart([NAME.encode(), b"\xc1 not msgpack"])
     a.send(job())
-    a.send(job(key="cat/queued-1.0"))  # the slot builds: queued (one per slot)
+    queued = [f"cat/queued{i}-1.0" for i in range(drone_mod.QUEUE_PER_SLOT)]
+    for key in queued:  # the slot builds: these wait
+        a.send(job(key=key))
     a.send(job(key="cat/other-1.0"))
     busy = drive(d, lambda: a.poll(Busy), what="the refusal")
     assert busy.key == "cat/other-1.0"  # a capacity refusal, not a build failure
-    assert d.jobs["cat/queued-1.0"].state == drone_mod.QUEUED
+    assert [d.jobs[key].state for key in queued] == [drone_mod.QUEUED] * len(queued)
     a.send(Cancel(key=KEY))
-    drive(d, lambda: d.jobs["cat/queued-1.0"].state == drone_mod.BUILDING, what="the queued job to start")
-    a.send(Cancel(key="cat/queued-1.0"))
+    drive(d, lambda: d.jobs[queued[0]].state == drone_mod.BUILDING, what="the oldest queued job to start")
+    for key in queued:
+        a.send(Cancel(key=key))
     drive(d, lambda: not d.jobs and not d.dying, what="the builds to stop")
     a.send(job(key="evil", cpv="../../etc/passwd-1.0"))
     failed = drive(d, lambda: a.poll(JobFailed), what="the bad CPV report")
@@ -417,7 +420,7 @@ def test_no_free_slot_and_bad_frames(make_drone, leaders):
 def test_a_queued_job_starts_when_a_slot_frees_and_is_announced_and_renewed(make_drone, leaders):
     a, b = leaders
     d = make_drone(slots=1, min_seconds=60.0, max_seconds=60.0)
-    assert join(d, a).queue == 1  # one queued job per slot
+    assert join(d, a).queue == drone_mod.QUEUE_PER_SLOT
     a.send(job())
     a.send(job(key="cat/next-1.0"))
     beat = drive(d, lambda: a.poll(Heartbeat, lambda m: len(m.running) == 2), what="a beat renewing both")
