@@ -88,6 +88,3 @@ class SealedSyncObj(SyncObj):
     @property
     def encryptor(self) -> RaftCipher:
         return self._cipher
-
-    def _getEncryptor(self) -> RaftCipher:  # noqa: N802 - PySyncObj's name
-        return self._cipher
