@@ -70,12 +70,6 @@ class Builder(Protocol):
         """Build `cpv` into `workdir`; return early (not ok) once `cancel` is set."""
 
 
-def split_cpv(cpv: str) -> tuple[str, str, str]:
-    """(category, PN, PF) of a bare CPV, refusing anything that is not one: the parts become
-    path components, and a CPV comes from the network."""
-    return gentoo.cpv_parts(cpv)  # Portage's own parser: no '/', '..' or spaces survive it
-
-
 def check_repo(repo: str | None) -> None:
     if repo is not None and not _REPO.match(repo):
         raise InputError(f"{repo!r} is not a repository name (letters, digits, '_' and '-')")
@@ -161,7 +155,7 @@ class EmergeBuilder:
     def build(self, cpv: str, repo: str | None, workdir: Path | None, cancel: threading.Event) -> BuildResult:
         start = time.monotonic()
         try:
-            split_cpv(cpv)
+            gentoo.cpv_parts(cpv)  # a CPV comes from the network: refuse what is not one
             check_repo(repo)
         except InputError as exc:
             return _result(start, error=str(exc))
@@ -249,7 +243,7 @@ def find_gpkg(pkgdir: Path, cpv: str) -> Path | None:
     """The GPKG emerge wrote for exactly `cpv`: `cat/pn/pf-BUILDID.gpkg.tar` (the newest build
     id) or `cat/pf.gpkg.tar`. Names are matched whole, never by prefix: `foo-1.2` must not
     pick up `foo-1.2.3`."""
-    category, pn, pf = split_cpv(cpv)
+    category, pn, pf = gentoo.cpv_parts(cpv)
     instance = re.compile(re.escape(pf) + r"-([1-9][0-9]*)\.gpkg\.tar\Z")
     found: list[tuple[int, Path]] = []
     folder = pkgdir / category / pn

@@ -30,8 +30,8 @@ from typing import Any
 
 import zmq
 
-from swarmmesh import protocol, transport
-from swarmmesh.builders import SIMULATED_ARTIFACT, Builder, BuildResult, check_repo, make_builder, split_cpv
+from swarmmesh import gentoo, protocol, transport
+from swarmmesh.builders import SIMULATED_ARTIFACT, Builder, BuildResult, check_repo, make_builder
 from swarmmesh.config import NodeConfig
 from swarmmesh.errors import InputError, ProtocolError
 from swarmmesh.protocol import Bye, Heartbeat, Hello, Job, JobFailed, LeaderInfo, Welcome
@@ -463,7 +463,7 @@ class Drone:
 
     def _start(self, job: _Job) -> None:
         try:
-            split_cpv(job.cpv)
+            gentoo.cpv_parts(job.cpv)  # its parts may become paths: refuse what is not a CPV
             check_repo(job.repo)
             if getattr(self.builder, "needs_workdir", True):
                 job.workdir = self._make_workdir(job.key)

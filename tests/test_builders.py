@@ -21,12 +21,11 @@ from swarmmesh.builders import (
     SimulatedBuilder,
     find_gpkg,
     make_builder,
-    split_cpv,
 )
 from swarmmesh.config import DroneConfig
 from swarmmesh.config import EmergeBuilder as EmergeConfig
 from swarmmesh.config import SimulatedBuilder as SimConfig
-from swarmmesh.errors import ConfigError, InputError
+from swarmmesh.errors import ConfigError
 from tests.conftest import wait_until
 
 PREFIX_TOOL = Path(__file__).resolve().parents[2] / "shared" / "gentoo-prefix" / "gentoo-prefix"
@@ -113,18 +112,7 @@ def test_make_builder_picks_the_configured_one():
         make_builder(DroneConfig(builder="make"))
 
 
-# --- CPV checks and the GPKG finder ------------------------------------------------------------
-
-@pytest.mark.parametrize("bad", ["../x-1.0", "cat/../x-1.0", "a/b/c-1.0", "cat/foo", "=cat/foo-1.0",
-                                 "cat/foo-1.0::gentoo", "", "cat/foo-1.0 x"])
-def test_split_cpv_refuses_what_is_not_a_bare_cpv(bad):
-    with pytest.raises(InputError):
-        split_cpv(bad)
-
-
-def test_split_cpv():
-    assert split_cpv("app-misc/foo-bar-1.2.3-r1") == ("app-misc", "foo-bar", "foo-bar-1.2.3-r1")
-
+# --- the GPKG finder (CPV checks: gentoo.cpv_parts, in test_gentoo.py) ---------------------------
 
 def touch(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -135,6 +135,17 @@ def test_any_text_is_a_package_or_an_input_error(text: str) -> None:
     assert len(parts) == 3 and ".." not in parts and all(parts)
 
 
+@pytest.mark.parametrize("bad", ["../x-1.0", "cat/../x-1.0", "a/b/c-1.0", "cat/foo", "=cat/foo-1.0",
+                                 "cat/foo-1.0::gentoo", "", "cat/foo-1.0 x"])
+def test_cpv_parts_refuses_what_is_not_a_bare_cpv(bad):
+    with pytest.raises(InputError):
+        cpv_parts(bad)
+
+
+def test_cpv_parts():
+    assert cpv_parts("app-misc/foo-bar-1.2.3-r1") == ("app-misc", "foo-bar", "foo-bar-1.2.3-r1")
+
+
 _ODD_CPVS = ["cat/pkg-1.0\n", "cat/pkg-1.0 ", "cat/pkg-1.0:0", "cat/pkg-1.0::r", "cat/../x-1", "cat/pkg-1.0/x",
              "=cat/pkg-1.0", "cat/-pkg-1", "cat/pkg-01.0", "cat/pkg-1.0-r0", "cat.x/pkg-1", "-cat/pkg-1",
              "cat/pkg-1.0-r1-r2", "cat/pkg-r1-1.0", "cat//pkg-1", "/pkg-1", "cat/pkg-1.0-", "cat/pkg-1.0\x00",
