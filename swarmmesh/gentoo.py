@@ -1,30 +1,25 @@
-"""Portage glue: package atoms, `emerge --pretend` output, binhost paths and `Packages` entries.
+"""Portage glue: package atoms, `emerge --pretend` output and where a package lives in a binhost.
 
 The binhost's readers are real Portage clients, so whatever swarmmesh accepts they must accept
-too: atoms are judged by Portage's own parser (``portage.dep.Atom``) and index entries follow
-``portage.dbapi.bintree`` key for key (the tests check them against Portage itself).
+too: atoms are judged by Portage's own parser (``portage.dep.Atom``), and a CPV by its version
+parser before any part of it becomes a path component.
 
-This module is Portage's data model only; the GPKG file format is `swarmmesh.gpkg` (validating and
-reading package files) and `swarmmesh.gpkg_writer` (writing them), which build on the atoms here and
-not the other way round.
+This module is Portage's data model only and imports no other part of swarmmesh but the errors:
+the GPKG file format (`swarmmesh.gpkg`, `swarmmesh.gpkg_writer`) and the `Packages` index with
+its per-package entries (`swarmmesh.pkgindex`) build on the atoms here, not the other way round.
 """
-
 from __future__ import annotations
 
 import functools
 import logging
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from portage.dep import Atom, paren_enclose, use_reduce
-from portage.exception import InvalidAtom, InvalidDependString
+from portage.dep import Atom
+from portage.exception import InvalidAtom
 from portage.versions import catpkgsplit
 
-from swarmmesh.errors import ArtifactError, BadAtomsError, InputError
-
-if TYPE_CHECKING:  # gpkg imports this module; at run time the annotation is only a string
-    from swarmmesh.gpkg import GpkgInfo
+from swarmmesh.errors import BadAtomsError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -209,47 +204,3 @@ def gpkg_relpath(ref_or_cpv: PackageRef | str, build_id: int = 1) -> str:
 
 def _unplaceable(cpv: str, build_id: object) -> InputError:
     return InputError(f"cannot place {cpv!r} build {build_id!r}: need a bare cat/pkg-1.0, build id >= 1")
-
-
-# ---------------------------------------------------------------------------------------------
-# Packages index entries
-
-# portage.dbapi.bintree: bindbapi._aux_cache_keys (read from each package) and
-# binarytree._pkgindex_use_evaluated_keys (USE-conditionals resolved against the package's USE).
-_INDEX_KEYS = (
-    "BDEPEND", "BUILD_ID", "BUILD_TIME", "CHOST", "DEFINED_PHASES", "DEPEND", "EAPI", "IDEPEND",
-    "IUSE", "KEYWORDS", "LICENSE", "PDEPEND", "PROPERTIES", "PROVIDES", "RDEPEND", "REQUIRES",
-    "RESTRICT", "SLOT", "USE", "USER_PATCHES",
-)
-_USE_EVALUATED = ("BDEPEND", "DEPEND", "IDEPEND", "LICENSE", "RDEPEND", "PDEPEND", "PROPERTIES", "RESTRICT")
-
-
-def packages_index_entry(info: GpkgInfo, path_in_repo: str, mtime: int) -> dict[str, str]:
-    """One `Packages` entry, as binarytree builds it before writing (PackageIndex.write later drops
-    values equal to the defaults, e.g. SLOT 0, and CHOST/REPO equal to the header's)."""
-    meta = info.metadata
-    entry = {key: meta[key] for key in _INDEX_KEYS if meta.get(key)}
-    entry.setdefault("EAPI", "0")
-    _evaluate_use(entry, info.cpv)
-    entry.update(CPV=info.cpv, SIZE=str(info.size), MTIME=str(int(mtime)), PATH=path_in_repo,
-                 MD5=info.md5, SHA1=info.sha1)
-    if meta.get("repository"):
-        entry["REPO"] = meta["repository"]
-    return dict(sorted(entry.items()))
-
-
-def _evaluate_use(entry: dict[str, str], cpv: str) -> None:
-    use = frozenset(entry.get("USE", "").split())
-    for key in _USE_EVALUATED:
-        if key not in entry:
-            continue
-        try:
-            token_class = Atom if key.endswith("DEPEND") else None
-            reduced = use_reduce(entry[key], uselist=use, token_class=token_class)
-        except InvalidDependString as exc:
-            raise ArtifactError(f"{cpv}: invalid {key} in its metadata ({exc}); rebuild the package") from exc
-        value = paren_enclose(reduced)
-        if value:
-            entry[key] = value
-        else:
-            del entry[key]

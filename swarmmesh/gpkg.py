@@ -14,8 +14,9 @@ bounded pass. Nor with ``tarfile``: its per-header Python cost was most of a pac
 strict (see `swarmmesh.tarblock`).
 
 Simulated builds and tests write their GPKGs with `swarmmesh.gpkg_writer`, which builds on this
-module and not the other way round. What a package *is* (atoms, where it lives in a binhost, its
-``Packages`` entry) is Portage's data model and lives in `swarmmesh.gentoo`.
+module and not the other way round. What a package *is* (atoms, where it lives in a binhost) is
+Portage's data model and lives in `swarmmesh.gentoo`, below this module; its ``Packages`` entry is
+`swarmmesh.pkgindex`, above it.
 """
 
 from __future__ import annotations

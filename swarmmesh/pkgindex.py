@@ -4,8 +4,9 @@ Every orchestrator builds every release itself, from the replicated log and its 
 files, so any of them can serve the binhost alone. That only works if they all write the same
 bytes: the index is made from each GPKG's own metadata plus values from the log (the release's
 `stamp` as TIMESTAMP, the file records), never from local clocks or mtimes, and is written by
-Portage's own `PackageIndex` so clients read exactly what `emaint binhost` writes. Releases and
-the staging feed both render through here, so neither imports the other for it.
+Portage's own `PackageIndex` so clients read exactly what `emaint binhost` writes; each entry
+follows ``portage.dbapi.bintree`` key for key (the tests check it against Portage itself).
+Releases and the staging feed both render through here, so neither imports the other for it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import logging
 from collections import Counter
 from collections.abc import Iterable
 
+from portage.dep import Atom, paren_enclose, use_reduce
+from portage.exception import InvalidDependString
 from portage.getbinpkg import PackageIndex
 
 from swarmmesh import gentoo, gpkg
@@ -34,6 +37,15 @@ _DEFAULT_PKG_DATA = {
 _INHERITED = ["CHOST", "repository"]
 _TRANSLATED = (("DESCRIPTION", "DESC"), ("_mtime_", "MTIME"), ("repository", "REPO"))
 
+# portage.dbapi.bintree: bindbapi._aux_cache_keys (read from each package) and
+# binarytree._pkgindex_use_evaluated_keys (USE-conditionals resolved against the package's USE).
+_INDEX_KEYS = (
+    "BDEPEND", "BUILD_ID", "BUILD_TIME", "CHOST", "DEFINED_PHASES", "DEPEND", "EAPI", "IDEPEND",
+    "IUSE", "KEYWORDS", "LICENSE", "PDEPEND", "PROPERTIES", "PROVIDES", "RDEPEND", "REQUIRES",
+    "RESTRICT", "SLOT", "USE", "USER_PATCHES",
+)
+_USE_EVALUATED = ("BDEPEND", "DEPEND", "IDEPEND", "LICENSE", "RDEPEND", "PDEPEND", "PROPERTIES", "RESTRICT")
+
 
 def index_entry(record: dict, path: str) -> dict[str, str]:
     """One Packages entry with Portage's internal key names (PackageIndex translates them).
@@ -41,11 +53,44 @@ def index_entry(record: dict, path: str) -> dict[str, str]:
     info = gpkg.GpkgInfo(record["cpv"], record["build_id"], record["size"], record["sha256"],
                            record["md5"], record["sha1"], record["metadata"])
     build_time = record["metadata"].get("BUILD_TIME", "")
-    entry = gentoo.packages_index_entry(info, path, int(build_time) if build_time.isdigit() else 0)
+    entry = packages_index_entry(info, path, int(build_time) if build_time.isdigit() else 0)
     for internal, written in (("_mtime_", "MTIME"), ("repository", "REPO")):
         if written in entry:
             entry[internal] = entry.pop(written)
     return entry
+
+
+def packages_index_entry(info: gpkg.GpkgInfo, path_in_repo: str, mtime: int) -> dict[str, str]:
+    """One `Packages` entry, as binarytree builds it before writing (PackageIndex.write later drops
+    values equal to the defaults, e.g. SLOT 0, and CHOST/REPO equal to the header's)."""
+    meta = info.metadata
+    entry = {key: meta[key] for key in _INDEX_KEYS if meta.get(key)}
+    entry.setdefault("EAPI", "0")
+    _evaluate_use(entry, info.cpv)
+    entry.update(CPV=info.cpv, SIZE=str(info.size), MTIME=str(int(mtime)), PATH=path_in_repo,
+                 MD5=info.md5, SHA1=info.sha1)
+    if meta.get("repository"):
+        entry["REPO"] = meta["repository"]
+    return dict(sorted(entry.items()))
+
+
+def _evaluate_use(entry: dict[str, str], cpv: str) -> None:
+    """USE-conditionals resolved against the package's own USE, as binarytree does: a client
+    reads the dependencies of the binary it gets, not of every USE it could have had."""
+    use = frozenset(entry.get("USE", "").split())
+    for key in _USE_EVALUATED:
+        if key not in entry:
+            continue
+        try:
+            token_class = Atom if key.endswith("DEPEND") else None
+            reduced = use_reduce(entry[key], uselist=use, token_class=token_class)
+        except InvalidDependString as exc:
+            raise ArtifactError(f"{cpv}: invalid {key} in its metadata ({exc}); rebuild the package") from exc
+        value = paren_enclose(reduced)
+        if value:
+            entry[key] = value
+        else:
+            del entry[key]
 
 
 def render_packages(entries: list[dict[str, str]], stamp: int) -> bytes:

@@ -1,38 +1,30 @@
-"""Tests for swarmmesh.gentoo: atoms, submission bodies, binhost paths, index entries.
+"""Tests for swarmmesh.gentoo: atoms, submission bodies, binhost paths.
 
-Portage itself is the referee wherever it can run here: atoms go through portage.dep.Atom, and
-(slow, optional) a real `emerge --buildpkg` + `emaint binhost --fix` in a gentoo-prefix must agree
-with our index entry. The GPKG file format is tested in test_gpkg.py and test_gpkg_writer.py.
+Portage itself is the referee wherever it can run here: atoms go through portage.dep.Atom. Index
+entries (and a real `emerge --buildpkg` + `emaint binhost --fix` agreeing with them) are tested in
+test_pkgindex.py; the GPKG file format in test_gpkg.py and test_gpkg_writer.py.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swarmmesh.errors import ArtifactError, BadAtomsError, InputError
+from swarmmesh.errors import BadAtomsError, InputError
 from swarmmesh.gentoo import (
     PackageRef,
     cpv_parts,
     gpkg_relpath,
-    packages_index_entry,
     parse_atom,
     parse_package_list,
     parse_packages,
 )
-from swarmmesh.gpkg import inspect_gpkg
-from swarmmesh.gpkg_writer import write_gpkg
 
 SHARED = Path(__file__).parents[2] / "shared"
 FIXTURES = SHARED / "fixtures"
-PREFIX_TOOL = SHARED / "gentoo-prefix" / "gentoo-prefix"
-VENV_BIN = Path(__file__).parents[1] / ".venv" / "bin"
 
 WORLD = [
     "sys-libs/zlib-1.3.1-r1", "dev-libs/openssl-3.3.2", "dev-python/trove-classifiers-2024.10.21.16",
@@ -260,75 +252,3 @@ def test_parse_package_list_needs_text() -> None:
 def test_parse_packages_needs_a_non_empty_list(items: object) -> None:
     with pytest.raises(InputError):
         parse_packages(items)  # type: ignore[arg-type]
-
-
-# --------------------------------------------------------------------------------------------- index entries
-
-
-def test_index_entry_of_a_written_package(package: Path) -> None:
-    info = inspect_gpkg(package)
-    entry = packages_index_entry(info, gpkg_relpath(info.cpv), 1700000001)
-    assert entry["CPV"] == "x11-themes/my-theme-1.0"
-    assert entry["PATH"] == "x11-themes/my-theme/my-theme-1.0-1.gpkg.tar"
-    assert (entry["SIZE"], entry["MTIME"], entry["MD5"], entry["SHA1"]) == (
-        str(info.size), "1700000001", info.md5, info.sha1)
-    assert (entry["REPO"], entry["BUILD_ID"], entry["BUILD_TIME"]) == ("localrepo", "1", "1700000000")
-    assert entry["RDEPEND"] == "x11-libs/gtk+ dev-libs/a"  # USE conditionals resolved like binarytree
-    assert "DEPEND" not in entry and "repository" not in entry
-    assert int(entry["SIZE"]) > int(info.metadata["SIZE"])  # index SIZE is the file, metadata SIZE the image
-
-
-def test_index_entry_rejects_broken_dependencies(tmp_path: Path) -> None:
-    write_gpkg(tmp_path / "p", "cat/pkg-1.0", metadata={"RDEPEND": "foo? ( cat/x"})
-    with pytest.raises(ArtifactError, match="invalid RDEPEND"):
-        packages_index_entry(inspect_gpkg(tmp_path / "p"), "cat/pkg/pkg-1.0-1.gpkg.tar", 0)
-
-# ------------------------------------------------------------------------------------- Portage as referee
-
-
-def _prefix_ready() -> str | None:
-    if os.geteuid() != 0:
-        return "gentoo-prefix runs as root"
-    if not PREFIX_TOOL.exists() or not (VENV_BIN / "emerge").exists():
-        return "gentoo-prefix or the venv's emerge is missing"
-    missing = [tool for tool in ("bash", "zstd", "bzip2") if shutil.which(tool) is None]
-    return f"missing {missing}" if missing else None
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(_prefix_ready() is not None, reason=str(_prefix_ready()))
-def test_real_portage_build_and_binhost_index_agree(tmp_path: Path) -> None:
-    """A real `emerge --buildpkg` GPKG passes inspect_gpkg, and our entries (for it and for a
-    simulated package) agree with the Packages file `emaint binhost --fix` writes."""
-    prefix = tmp_path / "b"
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PORTAGE_BIN": str(VENV_BIN)}
-    _prefix(env, "builder", str(prefix))
-    _prefix(env, "run", str(prefix), "emerge", "--buildpkg", "--oneshot", "=test-cat/hello-1.0")
-    pkgdir = prefix / "var/cache/binpkgs"
-    sim = pkgdir / gpkg_relpath("x11-themes/my-theme-1.0")
-    sim.parent.mkdir(parents=True)
-    write_gpkg(sim, "x11-themes/my-theme-1.0", size=20_000, repo="localrepo",
-               metadata={"USE": "a", "RDEPEND": "a? ( test-cat/hello ) !a? ( x/y )"})
-    _prefix(env, "run", str(prefix), "emaint", "binhost", "--fix")
-    header, entries = _read_packages(pkgdir / "Packages")
-    for cpv in ("test-cat/hello-1.0", "x11-themes/my-theme-1.0"):
-        path = pkgdir / gpkg_relpath(cpv)
-        info = inspect_gpkg(path, expect_cpv=cpv)
-        ours = packages_index_entry(info, gpkg_relpath(cpv), int(path.stat().st_mtime))
-        theirs = {k: v for k, v in entries[cpv].items() if k != "REPO_REVISIONS"}  # emerge-time only
-        assert {k: ours.get(k) for k in theirs} == theirs
-        # Whatever Portage left out is a value its writer drops as a default or as the header's.
-        extra = {k: v for k, v in ours.items() if k not in theirs}
-        assert extra == {k: {"SLOT": "0", "CHOST": header.get("CHOST")}.get(k) for k in extra}
-
-
-def _prefix(env: dict[str, str], *args: str) -> None:
-    proc = subprocess.run([str(PREFIX_TOOL), *args], env=env, capture_output=True, text=True, timeout=120,
-                          check=False)
-    assert proc.returncode == 0, f"gentoo-prefix {args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-
-
-def _read_packages(path: Path) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
-    blocks = [dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
-              for block in path.read_text().split("\n\n") if block.strip()]
-    return blocks[0], {block["CPV"]: block for block in blocks[1:]}
