@@ -22,20 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from swarmmesh import gpkg
-from swarmmesh.errors import ArtifactError
+from swarmmesh.errors import CorruptError
 
 log = logging.getLogger(__name__)
 
 JOURNAL = "entries.jsonl"
 _SHA256 = re.compile(r"[0-9a-f]{64}\Z")
-
-
-class CorruptError(ArtifactError):
-    """A stored file no longer matches its sha256: it must be fetched again."""
-
-    def __init__(self, sha256: str, message: str) -> None:
-        self.sha256 = sha256
-        super().__init__(message)
 
 
 def make_record(sha256: str, size: int, md5: Any, sha1: Any, meta: dict[str, str]) -> dict:

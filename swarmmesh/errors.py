@@ -15,6 +15,9 @@ through the CLI and the gateway unchanged.
     ├── RefusedError         the request is valid but the queue refuses it (e.g. finalize
     │                        while packages are still building)
     └── ArtifactError        an uploaded or stored artifact failed validation
+        ├── TransferError    the bytes did not arrive intact: the drone sends them again
+        ├── CorruptError     a stored file no longer matches its sha256: fetch it again
+        └── FetchError       no holder could supply a file; says why, per holder
 """
 
 from __future__ import annotations
@@ -78,3 +81,24 @@ class RefusedError(SwarmError):
 
 class ArtifactError(SwarmError):
     code = "artifact"
+
+
+class TransferError(ArtifactError):
+    """The bytes did not arrive intact: the drone should send them again."""
+
+    PREFIX = "transfer: "
+
+    def __init__(self, message: str) -> None:
+        super().__init__(self.PREFIX + message)
+
+
+class CorruptError(ArtifactError):
+    """A stored file no longer matches its sha256: it must be fetched again."""
+
+    def __init__(self, sha256: str, message: str) -> None:
+        self.sha256 = sha256
+        super().__init__(message)
+
+
+class FetchError(ArtifactError):
+    """No holder could supply a file; the message lists why, per holder."""

@@ -16,20 +16,16 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from swarmmesh.errors import ArtifactError
+from swarmmesh.errors import ArtifactError, FetchError
 
 if TYPE_CHECKING:
-    from swarmmesh.artifacts import Store
+    from swarmmesh.store import Store
 
 FETCH_TIMEOUT = 10.0
 CHUNK = 1 << 20
 #: Files up to this size are fetched in bundles of up to BUNDLE_FILES (binhost.py's limits).
 BUNDLE_FILE_MAX = 1 << 20
 BUNDLE_FILES = 256
-
-
-class FetchError(ArtifactError):
-    """No holder could supply a file; the message lists why, per holder."""
 
 
 @dataclass(frozen=True)

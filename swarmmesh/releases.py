@@ -27,12 +27,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from swarmmesh.artifacts import fsync_dir
 from swarmmesh.component import Component
 from swarmmesh.entries import Entries
 from swarmmesh.errors import ArtifactError, InputError
 from swarmmesh.pkgindex import gzip_bytes, index_entry, release_paths, render_packages
 from swarmmesh.staging import Feed, ReceivedView, Stager
+from swarmmesh.store import fsync_dir
 
 if TYPE_CHECKING:
     from swarmmesh.orchestrator import Orchestrator

@@ -33,7 +33,6 @@ import functools
 import hashlib
 import logging
 import os
-import re
 import threading
 import time
 import zlib
@@ -42,11 +41,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from swarmmesh.component import Component
-from swarmmesh.fetch import BUNDLE_FILES, FetchError, Source, fetch, fetch_bundle, small
+from swarmmesh.errors import FetchError
+from swarmmesh.fetch import BUNDLE_FILES, Source, fetch, fetch_bundle, small
+from swarmmesh.store import scan_store
 
 if TYPE_CHECKING:
-    from swarmmesh.artifacts import Store
     from swarmmesh.orchestrator import Orchestrator
+    from swarmmesh.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,6 @@ GC_PERIOD = 10.0
 GC_GRACE = 60.0  # a file the Receiver just stored is unreferenced until its commit lands
 SCRUB_RATE = 32 << 20  # bytes per second: a background check must not starve serving
 SCRUB_FILES = 200  # files checked per second at most: a store of small files must not churn the disk
-_SHA256 = re.compile(r"[0-9a-f]{64}\Z")
 
 
 def _outcome(future: Future) -> Any:
@@ -68,15 +68,6 @@ def _outcome(future: Future) -> Any:
         return future.result()
     except Exception as exc:  # noqa: BLE001
         return exc
-
-
-def scan_store(root: Path) -> set[str]:
-    """The sha256 names of the files in a store directory (`ab/abcdef...`)."""
-    held: set[str] = set()
-    for sub in root.iterdir() if root.is_dir() else ():
-        if len(sub.name) == 2 and sub.is_dir():
-            held.update(f.name for f in sub.iterdir() if _SHA256.match(f.name) and f.name[:2] == sub.name)
-    return held
 
 
 def verify(path: Path, sha256: str, rate: float, stop: threading.Event) -> tuple[int, bool] | None:

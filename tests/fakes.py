@@ -10,9 +10,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from swarmmesh import gentoo, gpkg, gpkg_writer, pkgindex, releases, staging
-from swarmmesh.artifacts import Store
 from swarmmesh.entries import Entries
 from swarmmesh.queue import BuildQueue
+from swarmmesh.store import Store
 
 
 class FakeNode:
@@ -27,7 +27,7 @@ class FakeNode:
         self.queue = BuildQueue()
         self.lock = threading.RLock()
         self.election = SimpleNamespace(read=self.read, indexes=lambda: (1, 1))
-        # durability itself is artifacts.SyncBarrier's, tested in test_artifacts.py
+        # durability itself is store.SyncBarrier's, tested in test_store.py
         self.receiver = SimpleNamespace(store=Store(data_dir / "store"), durable=SimpleNamespace(wait=lambda: None))
         self.releases = SimpleNamespace(serving=None, staging=staging.Feed(), relinked=[],
                                         entries=Entries(data_dir / "entries"))

@@ -8,8 +8,8 @@ import os
 import pytest
 
 from swarmmesh import gpkg, gpkg_writer
-from swarmmesh.entries import JOURNAL, CorruptError, Entries
-from swarmmesh.errors import ArtifactError
+from swarmmesh.entries import JOURNAL, Entries
+from swarmmesh.errors import ArtifactError, CorruptError
 
 
 @pytest.fixture

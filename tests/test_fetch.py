@@ -7,8 +7,8 @@ import hashlib
 import pytest
 
 from swarmmesh import binhost
-from swarmmesh.errors import ArtifactError
-from swarmmesh.fetch import FetchError, Source, fetch, fetch_bundle, fetch_from, small
+from swarmmesh.errors import ArtifactError, FetchError
+from swarmmesh.fetch import Source, fetch, fetch_bundle, fetch_from, small
 from tests.conftest import free_port
 from tests.fakes import FakeNode, store_gpkg
 

@@ -12,7 +12,7 @@ import pytest
 from swarmmesh import replication
 from swarmmesh.config import OrchestratorAddr
 from swarmmesh.queue import NEEDED
-from swarmmesh.replication import Replicator, scan_store, verify
+from swarmmesh.replication import Replicator, verify
 from tests.conftest import free_port, wait_until
 from tests.fakes import FakeNode, receive, store_gpkg
 
@@ -37,15 +37,6 @@ def make_replicator(tmp_path):
     yield make
     for rep in made:
         rep.close()
-
-
-def test_scan_store_finds_only_content_addressed_files(holder):
-    node, _ = holder
-    info = store_gpkg(node, "app-misc/a-1.0")
-    (node.receiver.store.root / "zz").mkdir()
-    (node.receiver.store.root / "zz" / ("f" * 64)).write_text("misplaced")
-    (node.receiver.store.tmp / "x.part").write_text("partial")
-    assert scan_store(node.receiver.store.root) == {info.sha256}
 
 
 def test_verify_reports_intact_corrupt_and_missing_files(tmp_path):
