@@ -1,40 +1,34 @@
 """A drone: follows the leader, builds what it is given, streams the results back.
 
 One thread owns the DEALER and SUB sockets and every piece of job state (`step()` is one
-iteration of its loop, so tests drive it directly). Builds run on a pool of one thread per
-slot (a thread started per job cost more than a zero-second simulated build) and the upload
-runs in one thread with its own PUSH socket; both only post results back to the loop
-(zmq sockets are not thread-safe). Nothing a drone reports is assumed delivered: an artifact
-file is deleted only after `Stored`, a failure is repeated until `Ack`, and both are sent
-again to whichever leader comes next.
+iteration of its loop, so tests drive it directly). Builds run on the threads of a
+`swarmmesh.buildpool.BuildPool` and uploads on the `swarmmesh.uploader.Uploader`'s thread with
+its own PUSH socket; both only post results back to the loop (zmq sockets are not
+thread-safe). Nothing a drone reports is assumed delivered: an artifact file is deleted only
+after `Stored`, a failure is repeated until `Ack`, and both are sent again to whichever leader
+comes next.
 """
 
 from __future__ import annotations
 
 import collections
-import hashlib
 import itertools
 import logging
-import os
-import queue
-import re
-import shutil
 import signal
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import zmq
 
 from swarmmesh import gentoo, protocol, transport
 from swarmmesh.builders import SIMULATED_ARTIFACT, Builder, BuildResult, check_repo, make_builder
+from swarmmesh.buildpool import BUILDING, FAILED, QUEUED, UPLOADING, BuildPool, DroneJob, WorkDirs, remove
 from swarmmesh.config import NodeConfig
 from swarmmesh.errors import InputError, ProtocolError
 from swarmmesh.protocol import Bye, Heartbeat, Hello, Job, JobFailed, LeaderInfo, Welcome
+from swarmmesh.uploader import Upload, Uploader
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +36,6 @@ ANSWER_TIMEOUT = 30.0      # no Stored / Ack for this long: send the upload or f
 MAX_UPLOAD_RETRIES = 3     # re-uploads after `Rejected(retry=True)` before reporting a failure
 HELLO_BACKOFF = (0.25, 5.0)
 LOST_AFTER_BEATS = 3       # heartbeat periods of silence after which the leader is lost
-SEND_TIMEOUT_MS = 10_000   # one chunk may wait this long for a dead leader, then the upload stalls
 HANDBACK_WAIT = 2.0
 STOP_DRAIN_SECONDS = 30.0
 JOIN_SECONDS = 7.0         # an emerge needs up to 5 s to die after SIGTERM
@@ -55,170 +48,6 @@ QUEUE_PER_SLOT = 4
 #: A queued job goes back to the leader after waiting this long, so a drone whose builds
 #: turned long does not sit on work another drone could start.
 QUEUE_WAIT = 5.0
-BUILDING, UPLOADING, FAILED, QUEUED = "building", "uploading", "failed", "queued"
-_JOB_DIR = re.compile(r"[A-Za-z0-9._-]+-[0-9]+\Z")  # what _make_workdir names
-
-
-@dataclass(eq=False)
-class _Job:
-    key: str
-    cpv: str
-    repo: str | None
-    term: int
-    workdir: Path | None
-    started: float
-    cancel: threading.Event = field(default_factory=threading.Event)
-    finished: threading.Event | None = None  # set once its build returned; None: never started
-    state: str = BUILDING
-    path: Path | None = None
-    data: bytes | None = None  # the artifact, when the builder made it in memory
-    error: str = ""
-    rejections: int = 0
-    upload_id: str = ""
-    resend_at: float | None = None
-    attempt: int = 0
-
-    @property
-    def pair(self) -> list:
-        return [self.key, self.term]
-
-
-@dataclass(frozen=True)
-class _Upload:
-    key: str
-    term: int
-    path: Path | None
-    data: bytes | None
-    upload_id: str
-    generation: int
-    cancel: threading.Event
-
-    def chunks(self) -> Iterator[bytes]:
-        if self.data is not None:
-            yield from (self.data[i:i + protocol.CHUNK_SIZE] for i in range(0, len(self.data), protocol.CHUNK_SIZE))
-            return
-        assert self.path is not None
-        with open(self.path, "rb") as f:
-            while chunk := f.read(protocol.CHUNK_SIZE):
-                yield chunk
-
-
-class Uploader:
-    """One thread and one PUSH socket stream artifacts to the leader's PULL, in CHUNK_SIZE
-    pieces with a bounded HWM (flat memory for any file size). A leader change bumps the
-    generation: the upload in flight stops between chunks and the drone sends it again.
-
-    An artifact of one chunk held in memory skips the thread (`send_now`): the hand-offs to it
-    and back cost more than sending a small package."""
-
-    def __init__(self, ctx: zmq.Context, drone: str, report: Callable[[str, str, str, str], None]) -> None:
-        self.ctx, self.drone, self.report = ctx, drone, report
-        self._tasks: queue.SimpleQueue[_Upload | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._target: str | None = None
-        self._generation = 0
-        self._thread = threading.Thread(target=self._run, name=f"upload-{drone}", daemon=True)
-        self._thread.start()
-        self._quick: zmq.Socket | None = None  # send_now's socket, owned by the drone's loop thread
-        self._quick_url: str | None = None
-
-    def retarget(self, url: str | None) -> int:
-        """On the loop thread: a new leader's PULL (None: no leader). `send_now`'s socket to the
-        old one closes now rather than at the next small upload, so it stops reconnecting to a
-        node that may be gone."""
-        if self._quick is not None and self._quick_url != url:
-            self._quick.close(0)
-            self._quick = self._quick_url = None
-        with self._lock:
-            self._generation += 1
-            self._target = url
-            return self._generation
-
-    def submit(self, task: _Upload) -> None:
-        self._tasks.put(task)
-
-    def send_now(self, task: _Upload) -> bool:
-        """On the loop thread: send a one-chunk artifact held in memory at once, as one
-        multipart message (ZeroMQ queues all of it or nothing; the leader reads the frames one
-        by one as usual). False if it must go through `submit`: too big, no leader, or the
-        leader is holding uploads back (HWM reached)."""
-        target = self._current()[0]
-        if task.data is None or len(task.data) > protocol.CHUNK_SIZE or target is None:
-            return False
-        if self._quick is None or self._quick_url != target:
-            if self._quick is not None:
-                self._quick.close(0)
-            self._quick, self._quick_url = transport.push(self.ctx, target), target
-        try:
-            self._quick.send_multipart(list(self._frames(task)), zmq.NOBLOCK)
-        except zmq.Again:
-            return False
-        return True
-
-    def close(self, timeout: float = 2.0) -> None:
-        """On the loop thread."""
-        self.retarget(None)
-        self._tasks.put(None)
-        self._thread.join(timeout)
-        if self._quick is not None:
-            self._quick.close(0)
-
-    def _current(self) -> tuple[str | None, int]:
-        with self._lock:
-            return self._target, self._generation
-
-    def _live(self, task: _Upload) -> bool:
-        target, generation = self._current()
-        return target is not None and generation == task.generation and not task.cancel.is_set()
-
-    def _run(self) -> None:
-        sock: zmq.Socket | None = None
-        url: str | None = None
-        try:
-            while (task := self._tasks.get()) is not None:
-                target = self._current()[0]
-                if not self._live(task) or target is None:
-                    self.report(task.key, task.upload_id, "aborted", "")
-                    continue
-                if sock is None or url != target:
-                    if sock is not None:
-                        sock.close(0)
-                    sock, url = self._connect(target), target
-                outcome, detail = self._send(sock, task)
-                if outcome == "stalled":  # its queue is full of frames nobody reads: start afresh
-                    sock.close(0)
-                    sock = None
-                self.report(task.key, task.upload_id, outcome, detail)
-        finally:
-            if sock is not None:
-                sock.close(0)
-
-    def _connect(self, url: str) -> zmq.Socket:
-        sock = transport.push(self.ctx, url)
-        sock.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
-        return sock
-
-    def _send(self, sock: zmq.Socket, task: _Upload) -> tuple[str, str]:
-        try:
-            for frame in self._frames(task):
-                if not self._live(task):
-                    return "aborted", ""
-                sock.send(frame)
-        except zmq.Again:
-            return "stalled", f"the leader took no data for {SEND_TIMEOUT_MS / 1000:g} s"
-        except OSError as exc:
-            return "error", f"cannot read {task.path and task.path.name}: {exc.strerror or exc}"
-        return "sent", ""
-
-    def _frames(self, task: _Upload) -> Iterator[bytes]:
-        """The upload's Chunk frames, then its Trailer (size and sha256 of what was sent)."""
-        digest, size, seq = hashlib.sha256(), 0, 0
-        for chunk in task.chunks():
-            yield protocol.encode(protocol.Chunk(upload=task.upload_id, seq=seq, data=chunk))
-            digest.update(chunk)
-            size, seq = size + len(chunk), seq + 1
-        yield protocol.encode(protocol.Trailer(upload=task.upload_id, drone=self.drone, key=task.key,
-                                               term=task.term, size=size, sha256=digest.hexdigest(), chunks=seq))
 
 
 class Drone:
@@ -232,12 +61,12 @@ class Drone:
         self.dc = config.drone
         self.builder = builder or make_builder(self.dc)
         self.work_dir = self.dc.work_dir or config.data_dir / "work"
+        self.workdirs = WorkDirs(self.work_dir)
         self.beat = config.queue.heartbeat_seconds
-        self.jobs: dict[str, _Job] = {}
-        self._queued: collections.deque[_Job] = collections.deque()  # QUEUED jobs, oldest first
-        self.dying: list[_Job] = []       # cancelled builds whose thread has not returned yet
+        self.jobs: dict[str, DroneJob] = {}
+        self._queued: collections.deque[DroneJob] = collections.deque()  # QUEUED jobs, oldest first
+        self.dying: list[DroneJob] = []       # cancelled builds whose thread has not returned yet
         self.settled = 0
-        self._counter = itertools.count(1)
         self.inbox = transport.Inbox()  # builds and uploads run in threads; results come back here
         self.ctx = zmq.Context()
         events = [o.events_url for o in config.orchestrators]
@@ -248,7 +77,7 @@ class Drone:
         self.poller.register(self.sub, zmq.POLLIN)
         self.poller.register(self.inbox.fd, zmq.POLLIN)
         self.uploader = Uploader(self.ctx, self.name, self._upload_report)
-        self._pool = _BuildPool(self.dc.slots, self.name)
+        self._pool = BuildPool(self.dc.slots, self.name)
         self._orchestrators = itertools.cycle(config.orchestrators)
         self.latest: LeaderInfo | None = None
         self._latest_at = 0.0
@@ -281,7 +110,7 @@ class Drone:
 
     def run(self, once: bool = False) -> None:
         """Loop until stop(); with `once`, until one job is settled. Then stop as asked."""
-        _clear_leftovers(self.work_dir)
+        self.workdirs.clear_leftovers()
         line = f"swarmmesh drone {self.name} ready"
         log.info("%s (%s builder, %d slots, work dir %s)", line, self.builder.name, self.dc.slots,
                  self.work_dir)
@@ -432,7 +261,7 @@ class Drone:
             return  # (and a failure of this very attempt is still being reported)
         if old is not None:
             self._settle(old, "superseded by a new attempt")
-        job = _Job(msg.key, msg.cpv, msg.repo, msg.term, None, self.clock(), attempt=msg.attempt)
+        job = DroneJob(msg.key, msg.cpv, msg.repo, msg.term, None, self.clock(), attempt=msg.attempt)
         if self._busy() < self.dc.slots:
             self.jobs[msg.key] = job
             self._start(job)
@@ -454,53 +283,33 @@ class Drone:
         while self._queued:
             self._hand_back(self._queued[0], why)
 
-    def _hand_back(self, job: _Job, why: str) -> None:
+    def _hand_back(self, job: DroneJob, why: str) -> None:
         """A queued job goes back to needed, no attempt charged (`Busy` does that)."""
         self._queued.remove(job)
         self.jobs.pop(job.key, None)
         self._send(protocol.Busy(drone=self.name, key=job.key, term=job.term))
         self._ended(job, f"handed back unstarted ({why})")
 
-    def _start(self, job: _Job) -> None:
+    def _start(self, job: DroneJob) -> None:
         try:
             gentoo.cpv_parts(job.cpv)  # its parts may become paths: refuse what is not a CPV
             check_repo(job.repo)
             if getattr(self.builder, "needs_workdir", True):
-                job.workdir = self._make_workdir(job.key)
+                job.workdir = self.workdirs.make(job.key)
         except (InputError, OSError) as exc:
             self._fail(job, f"cannot start the build: {exc}")
             return
-        job.finished = threading.Event()
-        self._pool.submit(lambda: self._build(job))
+        self._pool.build(self.builder, job, self._build_report)
         log.debug("job %s (attempt %d, term %d) started in %s", job.key, job.attempt, job.term, job.workdir)
 
-    def _make_workdir(self, key: str) -> Path:
-        """A fresh directory named by us: the key only lends a readable, sanitized prefix."""
-        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", key)[:64].strip("._-") or "job"
-        while True:
-            path = self.work_dir / f"{safe}-{next(self._counter)}"
-            try:
-                path.mkdir(parents=True)
-                return path
-            except FileExistsError:
-                continue
-
-    def _build(self, job: _Job) -> None:
-        """Worker thread: run the builder; whatever happens, the loop hears about it."""
-        try:
-            result = self.builder.build(job.cpv, job.repo, job.workdir, job.cancel)
-        except Exception as exc:  # noqa: BLE001 - a builder bug must not lose the job
-            log.exception("builder crashed on %s", job.key)
-            result = BuildResult(ok=False, path=None, error=f"builder crashed: {exc!r}", seconds=0.0)
-        finally:
-            assert job.finished is not None
-            job.finished.set()
+    def _build_report(self, job: DroneJob, result: BuildResult) -> None:
+        """Called on a build thread: hand the result to the loop."""
         self._post(lambda: self._on_built(job, result))
 
-    def _on_built(self, job: _Job, result: BuildResult) -> None:
+    def _on_built(self, job: DroneJob, result: BuildResult) -> None:
         if job in self.dying:
             self.dying.remove(job)
-            _remove(job.workdir)
+            remove(job.workdir)
         elif self.jobs.get(job.key) is job and result.ok and (result.path or result.data) is not None:
             job.state, job.path, job.data = UPLOADING, result.path, result.data
             log.debug("job %s built in %.2fs", job.key, result.seconds)
@@ -544,17 +353,17 @@ class Drone:
         if job.state == BUILDING and job.finished is not None:
             self.dying.append(job)  # its files go when the build has stopped writing them
         else:
-            _remove(job.workdir)
+            remove(job.workdir)
         self._ended(job, f"cancelled ({reason})")
 
     # --- reporting results ---------------------------------------------------------------------
-    def _fail(self, job: _Job, error: str) -> None:
+    def _fail(self, job: DroneJob, error: str) -> None:
         if len(error) > MAX_ERROR:
             error = error[: MAX_ERROR // 4] + "\n[...]\n" + error[-MAX_ERROR // 2:]
         job.state, job.error = FAILED, error
         self._report(job)
 
-    def _report(self, job: _Job) -> None:
+    def _report(self, job: DroneJob) -> None:
         """Send (or send again) what the leader must acknowledge: the artifact or the failure."""
         job.resend_at = None
         if not self.welcomed:
@@ -564,7 +373,7 @@ class Drone:
             job.resend_at = self.clock() + ANSWER_TIMEOUT
         elif job.state == UPLOADING and (job.path or job.data) is not None:
             job.upload_id = uuid.uuid4().hex
-            task = _Upload(job.key, job.term, job.path, job.data, job.upload_id, self._generation, job.cancel)
+            task = Upload(job.key, job.term, job.path, job.data, job.upload_id, self._generation, job.cancel)
             if self.uploader.send_now(task):
                 self._on_upload(job.key, job.upload_id, "sent", "")
             else:
@@ -586,12 +395,12 @@ class Drone:
         else:
             self._fail(job, f"cannot upload the artifact: {detail}")
 
-    def _settle(self, job: _Job, outcome: str) -> None:
+    def _settle(self, job: DroneJob, outcome: str) -> None:
         self.jobs.pop(job.key, None)
-        _remove(job.workdir)
+        remove(job.workdir)
         self._ended(job, outcome)
 
-    def _ended(self, job: _Job, outcome: str) -> None:
+    def _ended(self, job: DroneJob, outcome: str) -> None:
         self.settled += 1
         first = job.error.splitlines()[0] if job.state == FAILED and job.error else ""
         log.info("job %s %s after %.2fs%s", job.key, outcome, self.clock() - job.started,
@@ -631,11 +440,11 @@ class Drone:
             if job.state == UPLOADING:
                 self._keep(job)
 
-    def _keep(self, job: _Job) -> None:
+    def _keep(self, job: DroneJob) -> None:
         """An artifact never stored outlives the drone: one held in memory is written out."""
         try:
             if job.path is None and job.data is not None:
-                job.workdir = self._make_workdir(job.key)
+                job.workdir = self.workdirs.make(job.key)
                 job.path = job.workdir / SIMULATED_ARTIFACT
                 job.path.write_bytes(job.data)
             log.warning("job %s: artifact kept at %s (never stored)", job.key, job.path)
@@ -666,7 +475,7 @@ class Drone:
         deadline = time.monotonic() + JOIN_SECONDS
         for job in self.dying:
             if job.finished is None or job.finished.wait(max(0.0, deadline - time.monotonic())):
-                _remove(job.workdir)
+                remove(job.workdir)
         self._pool.close()
         self.uploader.close()
         for sock in (self.dealer, self.sub):
@@ -674,28 +483,6 @@ class Drone:
                 sock.close(0)
         self.ctx.term()
         self.inbox.close()
-
-
-class _BuildPool:
-    """One daemon thread per slot: a build that ignores its cancel cannot hold up the exit of
-    the drone (a ThreadPoolExecutor's threads are joined when the interpreter exits)."""
-
-    def __init__(self, size: int, name: str) -> None:
-        self._tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._size = size
-        for i in range(size):
-            threading.Thread(target=self._work, name=f"build-{name}-{i + 1}", daemon=True).start()
-
-    def submit(self, task: Callable[[], None]) -> None:
-        self._tasks.put(task)
-
-    def close(self) -> None:
-        for _ in range(self._size):
-            self._tasks.put(None)
-
-    def _work(self) -> None:
-        while (task := self._tasks.get()) is not None:
-            task()
 
 
 def _decode(frame: bytes) -> protocol.Message | None:
@@ -710,26 +497,6 @@ def _pairs(raw: Any) -> list[tuple[str, int]]:
     items = raw if isinstance(raw, list) else []
     return [(i[0], i[1]) for i in items
             if isinstance(i, list) and len(i) == 2 and isinstance(i[0], str) and isinstance(i[1], int)]
-
-
-def _remove(path: Path | None) -> None:
-    if path is not None:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _clear_leftovers(work_dir: Path) -> None:
-    """A drone process starts with no jobs, so the job directories in its work dir are what a
-    killed predecessor left behind (its leases lapse and the jobs are built again). Only
-    directories named like ours go: the work dir may be a path an admin also uses."""
-    try:
-        stale = [e.path for e in os.scandir(work_dir) if e.is_dir(follow_symlinks=False) and _JOB_DIR.match(e.name)]
-    except OSError:
-        return  # not there yet: created with the first job
-    for path in stale:
-        shutil.rmtree(path, ignore_errors=True)
-    if stale:
-        log.info("removed %d job director%s left by a previous run from %s", len(stale),
-                 "y" if len(stale) == 1 else "ies", work_dir)
 
 
 def run_drone(config: NodeConfig, once: bool = False) -> None:

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import zmq
 
+from swarmmesh import buildpool, gpkg, protocol, transport
 from swarmmesh import drone as drone_mod
-from swarmmesh import gpkg, protocol, transport
 from swarmmesh.builders import SIMULATED_ARTIFACT
 from swarmmesh.config import (
     DroneConfig,
@@ -31,7 +31,7 @@ from swarmmesh.config import (
     RaftTuning,
     SimulatedBuilder,
 )
-from swarmmesh.drone import Drone, Uploader
+from swarmmesh.drone import Drone
 from swarmmesh.protocol import (
     Ack,
     Busy,
@@ -48,6 +48,7 @@ from swarmmesh.protocol import (
     Trailer,
     Welcome,
 )
+from swarmmesh.uploader import Uploader
 from tests.conftest import free_port
 
 KEY = "cat/pkg-1.0"
@@ -405,9 +406,9 @@ def test_no_free_slot_and_bad_frames(make_drone, leaders):
     a.send(job(key="cat/other-1.0"))
     busy = drive(d, lambda: a.poll(Busy), what="the refusal")
     assert busy.key == "cat/other-1.0"  # a capacity refusal, not a build failure
-    assert [d.jobs[key].state for key in queued] == [drone_mod.QUEUED] * len(queued)
+    assert [d.jobs[key].state for key in queued] == [buildpool.QUEUED] * len(queued)
     a.send(Cancel(key=KEY))
-    drive(d, lambda: d.jobs[queued[0]].state == drone_mod.BUILDING, what="the oldest queued job to start")
+    drive(d, lambda: d.jobs[queued[0]].state == buildpool.BUILDING, what="the oldest queued job to start")
     for key in queued:
         a.send(Cancel(key=key))
     drive(d, lambda: not d.jobs and not d.dying, what="the builds to stop")
@@ -426,13 +427,13 @@ def test_a_queued_job_starts_when_a_slot_frees_and_is_announced_and_renewed(make
     beat = drive(d, lambda: a.poll(Heartbeat, lambda m: len(m.running) == 2), what="a beat renewing both")
     assert beat.running == [[KEY, 3], ["cat/next-1.0", 3]]
     d.step(0.01)
-    assert [j.state for j in d.jobs.values()] == [drone_mod.BUILDING, drone_mod.QUEUED]
+    assert [j.state for j in d.jobs.values()] == [buildpool.BUILDING, buildpool.QUEUED]
     b.announce(4)  # a new leader: the queued job is announced with the running one, to be adopted
     hello = drive(d, lambda: b.poll(Hello), what="a hello to the new leader")
     assert hello.running == [[KEY, 3], ["cat/next-1.0", 3]] and hello.uploads == []
     b.welcome(4, drop=["cat/next-1.0"])  # ...or dropped, like a running one
     drive(d, lambda: "cat/next-1.0" not in d.jobs, what="the drop")
-    assert not d._queued and d.jobs[KEY].state == drone_mod.BUILDING
+    assert not d._queued and d.jobs[KEY].state == buildpool.BUILDING
     b.send(job(key="cat/third-1.0", term=4))
     drive(d, lambda: "cat/third-1.0" in d.jobs, what="a queued job again")
     b.send(protocol.Unqueue(reason="balance"))  # what `balance` sends: queued jobs go back now
