@@ -22,17 +22,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 import zmq
 
 from swarmmesh import gentoo, gpkg, protocol, transport
-from swarmmesh.component import Component
+from swarmmesh.component import Component, Node
+from swarmmesh.config import NodeConfig
 from swarmmesh.errors import ArtifactError, ProtocolError, TransferError
-from swarmmesh.store import Store, SyncBarrier
-
-if TYPE_CHECKING:
-    from swarmmesh.orchestrator import Orchestrator
+from swarmmesh.store import Storage, Store
 
 log = logging.getLogger(__name__)
 
@@ -125,18 +123,23 @@ class Upload:
 
 
 class Receiver(Component):
-    """Component of an Orchestrator: owns the PULL socket and the store."""
+    """Component of an Orchestrator: owns the PULL socket, and writes uploads into the node's
+    storage. `settle(drone, key)`: the broker's, frees the drone's build slot."""
 
-    def __init__(self, node: Orchestrator) -> None:
+    def __init__(self, node: Node, config: NodeConfig, storage: Storage, ctx: zmq.Context, *,
+                 settle: Callable[[str, str], None]) -> None:
         self.node = node
-        me = node.config.me()
-        self.store = Store(Path(node.config.data_dir) / "store")
-        self.pull = transport.pull(node.ctx, transport.tcp_bind(me.host, me.artifacts_port))
+        me = config.me()
+        self._policy = config.queue
+        self._settle = settle
+        self.store = storage.store
+        self._entries = storage.entries
+        self.durable = storage.durable
+        self.pull = transport.pull(ctx, transport.tcp_bind(me.host, me.artifacts_port))
         self.uploads: dict[str, Upload] = {}
         self._pool = ThreadPoolExecutor(FINISH_WORKERS, thread_name_prefix="receive")
         self._validating = 0
         self._writer = _Writer(WRITE_BACKLOG, resume=lambda: node.post(self._resume))
-        self.durable = SyncBarrier(self.store.root)  # incoming.py makes its files durable here too
         self._poller: zmq.Poller | None = None
         self._paused = False
 
@@ -179,7 +182,6 @@ class Receiver(Component):
         self._drop_all("shutting down")
         self._writer.close()
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self.durable.close()
         self.pull.close(0)
 
     # --- frames --------------------------------------------------------------------------
@@ -214,7 +216,7 @@ class Receiver(Component):
             if up:
                 self._writer.put(up.discard)
             return
-        pkg = self.node.election.read(lambda q: _delegation(q.peek(tr.key)))
+        pkg = self.node.read(lambda q: _delegation(q.peek(tr.key)))
         if pkg is None or pkg[0] != tr.drone:
             if up:
                 self._writer.put(up.discard)
@@ -229,7 +231,7 @@ class Receiver(Component):
             self._writer.run(functools.partial(self._pool.submit, self._validate, identity, up, tr, pkg[1]),
                              small=True)
         if self._validating <= EARLY_SETTLE_BACKLOG:
-            self.node.broker.settle(tr.drone, tr.key)
+            self._settle(tr.drone, tr.key)
 
     def _check_here(self, identity: bytes, up: Upload, tr: protocol.Trailer, cpv: str) -> None:
         """A small upload, on the loop: checked from memory, then written and made durable by
@@ -301,7 +303,7 @@ class Receiver(Component):
             raise
         if data is not None:
             self.store.recent.put(info.sha256, data)
-        self.node.releases.entries.record(info)  # parsed in full just now: no second read
+        self._entries.record(info)  # parsed in full just now: no second read
 
     def _commit(self, identity: bytes, tr: protocol.Trailer, info: gpkg.GpkgInfo) -> None:
         result = received_result(info, self.node.name)
@@ -310,7 +312,7 @@ class Receiver(Component):
             if err is not None:
                 self.node.send(identity, protocol.Rejected(key=tr.key, reason=err, retry=True))
                 return
-            self.node.broker.settle(tr.drone, tr.key)
+            self._settle(tr.drone, tr.key)
             if res.get("ok") or res.get("code") == "duplicate":
                 log.info("received %s from %s (%d bytes, sha256 %s)", tr.key, tr.drone, info.size, info.sha256[:12])
                 self.node.send(identity, protocol.Stored(key=tr.key, sha256=info.sha256))
@@ -325,11 +327,11 @@ class Receiver(Component):
             self.node.send(identity, protocol.Rejected(key=tr.key, reason=reason, retry=True))
             return
         log.warning("artifact for %s from %s rejected: %s", tr.key, tr.drone, reason)
-        policy = self.node.config.queue
+        policy = self._policy
 
         def then(res: Any, err: str | None) -> None:
             self.node.send(identity, protocol.Rejected(key=tr.key, reason=reason, retry=False))
-            self.node.broker.settle(tr.drone, tr.key)
+            self._settle(tr.drone, tr.key)
 
         self.node.commit("fail", tr.key, tr.drone, tr.term, f"invalid artifact: {reason}", time.time(),
                          policy.max_attempts, policy.ground_after, then=then)

@@ -20,19 +20,18 @@ import os
 import re
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from swarmmesh import releases
-from swarmmesh.component import Component
+from swarmmesh.component import Component, Node
+from swarmmesh.config import NodeConfig
 from swarmmesh.errors import ConfigError
 from swarmmesh.fetch import BUNDLE_FILE_MAX, BUNDLE_FILES
-
-if TYPE_CHECKING:
-    from swarmmesh.orchestrator import Orchestrator
+from swarmmesh.staging import Feed
+from swarmmesh.store import Storage
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +72,16 @@ def _read_small(path: Path, limit: int) -> bytes | None:
 
 
 class Site:
-    """The HTTP handlers; `node` supplies the data dir, the store, the staging feed and state."""
+    """The HTTP handlers, over the node's data directory and storage; `serving` and
+    `staging_feed` are the releases' (what this node serves, the feed drones install from)."""
 
-    def __init__(self, node: Orchestrator) -> None:
+    def __init__(self, node: Node, data_dir: Path, storage: Storage, *, serving: Callable[[], str | None],
+                 staging_feed: Callable[[], Feed]) -> None:
         self.node = node
-        self.data = Path(node.config.data_dir)
+        self.data = Path(data_dir)
+        self.storage = storage
+        self._serving = serving
+        self._staging_feed = staging_feed
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -89,8 +93,8 @@ class Site:
         return app
 
     async def release(self, request: web.Request) -> web.Response:
-        newest = self.node.election.read(lambda q: next(((r.id, r.stamp) for r in reversed(q.releases)), None))
-        serving = self.node.releases.serving
+        newest = self.node.read(lambda q: next(((r.id, r.stamp) for r in reversed(q.releases)), None))
+        serving = self._serving()
         return web.json_response({
             "node": self.node.name, "serving": serving, "serving_stamp": self._stamp(serving),
             "newest": newest[0] if newest else None, "newest_stamp": newest[1] if newest else 0,
@@ -108,7 +112,7 @@ class Site:
         sha = request.match_info["sha256"]
         if not _SHA256.match(sha):
             return _not_found("a store object is named by its sha256")
-        path = self.node.receiver.store.path(sha)
+        path = self.storage.path(sha)
         return web.FileResponse(path) if _regular(path) else _not_found(sha)
 
     async def bundle(self, request: web.Request) -> web.StreamResponse:
@@ -122,7 +126,7 @@ class Site:
         return web.Response(body=b"".join(parts), content_type="application/octet-stream")
 
     def _read_bundle(self, shas: list[str]) -> list[bytes]:
-        parts, budget, store = [], BUNDLE_MAX_BYTES, self.node.receiver.store
+        parts, budget, store = [], BUNDLE_MAX_BYTES, self.storage.store
         for sha in shas:
             limit = min(budget, BUNDLE_FILE_MAX)
             data = store.recent.get(sha)
@@ -134,13 +138,13 @@ class Site:
         return parts
 
     async def staging(self, request: web.Request) -> web.StreamResponse:
-        feed, path = self.node.releases.staging_feed(), request.match_info["path"]
+        feed, path = self._staging_feed(), request.match_info["path"]
         if path == "Packages":
             return web.Response(body=feed.packages, content_type="text/plain")
         sha = feed.paths.get(path)
         if sha is None:
             return _not_found(path)
-        file = self.node.receiver.store.path(sha)
+        file = self.storage.path(sha)
         return web.FileResponse(file) if _regular(file) else _not_found(path)
 
     async def current(self, request: web.Request) -> web.StreamResponse:
@@ -169,11 +173,12 @@ class Site:
 class Binhost(Component):
     """Component of an Orchestrator: runs the Site on its own thread and event loop."""
 
-    def __init__(self, node: Orchestrator, host: str | None = None, port: int | None = None) -> None:
-        me = node.config.me()
+    def __init__(self, node: Node, config: NodeConfig, storage: Storage, *, serving: Callable[[], str | None],
+                 staging_feed: Callable[[], Feed], host: str | None = None, port: int | None = None) -> None:
+        me = config.me()
         self.host = host if host is not None else me.host
         self.port = port if port is not None else me.binhost_port
-        self.site = Site(node)
+        self.site = Site(node, config.data_dir, storage, serving=serving, staging_feed=staging_feed)
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
         self._started = threading.Event()

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from swarmmesh import protocol
-from swarmmesh.component import Component
+from swarmmesh.component import Component, Node
+from swarmmesh.config import NodeConfig
 from swarmmesh.protocol import Busy, Bye, Heartbeat, Hello, JobFailed
 
 if TYPE_CHECKING:
-    from swarmmesh.orchestrator import Orchestrator
     from swarmmesh.queue import BuildQueue
 
 log = logging.getLogger(__name__)
@@ -89,9 +89,11 @@ class Broker(Component):
     `clock` (monotonic) times drone silence; `wall` stamps lease deadlines, which are
     replicated and so must mean the same on every orchestrator."""
 
-    def __init__(self, node: Orchestrator, clock: Clock = time.monotonic, wall: Clock = time.time) -> None:
+    def __init__(self, node: Node, config: NodeConfig, clock: Clock = time.monotonic, wall: Clock = time.time) -> None:
         self.node = node
-        self.policy = node.config.queue
+        self.policy = config.queue
+        self._me = config.me()
+        self._orchestrators = config.orchestrators
         self.clock, self.wall = clock, wall
         self.drones: dict[str, DroneSession] = {}
         self.inflight: set[str] = set()
@@ -141,14 +143,13 @@ class Broker(Component):
 
     # --- messages ----------------------------------------------------------------------
     def _not_leader(self) -> protocol.NotLeader:
-        leader = self.node.election.leader_name()
-        addr = next((o for o in self.node.config.orchestrators if o.name == leader), None)
+        leader = self.node.leader_name()  # asked only while not leading: what Raft says
+        addr = next((o for o in self._orchestrators if o.name == leader), None)
         return protocol.NotLeader(leader=leader, broker=addr.broker_url if addr else None)
 
     def _say_hello(self, identity: bytes) -> None:
         """A drone this leader has no session for: point it here, and it says hello."""
-        me = self.node.config.me()
-        self.node.send(identity, protocol.NotLeader(leader=self.node.name, broker=me.broker_url))
+        self.node.send(identity, protocol.NotLeader(leader=self.node.name, broker=self._me.broker_url))
 
     def _hello(self, identity: bytes, msg: Hello) -> None:
         if not _valid_drone(msg):
@@ -157,11 +158,11 @@ class Broker(Component):
         session = DroneSession(msg.drone, identity, msg.cores, msg.slots, msg.builder, self.clock(),
                                queue=msg.queue)
         self.drones[msg.drone] = session
-        adopt, drop, stored, resend = self.node.election.read(lambda q: _reconcile(q, msg))
+        adopt, drop, stored, resend = self.node.read(lambda q: _reconcile(q, msg))
         session.running.update([k for k, _ in adopt] + [job.key for job in resend])
         log.info("drone %s joined (%d cores, %d slots, %s): adopt %d, drop %d, resend %d",
                  msg.drone, msg.cores, msg.slots, msg.builder, len(adopt), len(drop), len(resend))
-        me = self.node.config.me()
+        me = self._me
         self.node.send(identity, protocol.Welcome(leader=self.node.name, term=self._term or 0,
                                                   artifacts=me.artifacts_url, staging=me.binhost_url + "staging/",
                                                   adopt=adopt, drop=drop))
@@ -180,7 +181,7 @@ class Broker(Component):
             self._say_hello(identity)  # e.g. this leader just took over
             return
         session.last_seen = self.clock()
-        held = set(self.node.election.read(lambda q: q.delegated_to(msg.drone)))
+        held = set(self.node.read(lambda q: q.delegated_to(msg.drone)))
         session.running &= held  # leases that lapsed or were requeued free their slots
         session.sent = {k: t for k, t in session.sent.items() if k in held}
         keys = [k for k, _ in _pairs(msg.running)]
@@ -192,7 +193,7 @@ class Broker(Component):
         if session is not None:
             session.running.discard(msg.key)
             session.job_ended(msg.key, self.clock())
-        if not self.node.election.read(lambda q: _held_by(q, msg.key, msg.drone)):
+        if not self.node.read(lambda q: _held_by(q, msg.key, msg.drone)):
             log.warning("failure report of %s from %s rejected: the job is not delegated to it", msg.key, msg.drone)
             self.node.send(identity, protocol.Cancel(key=msg.key, reason="not delegated to you"))
             return
@@ -217,14 +218,14 @@ class Broker(Component):
             session.running.discard(msg.key)
             session.sent.pop(msg.key, None)
             session.rest_until = self.clock() + self.policy.heartbeat_seconds
-        if self.node.election.read(lambda q: _held_by(q, msg.key, msg.drone)):
+        if self.node.read(lambda q: _held_by(q, msg.key, msg.drone)):
             log.info("drone %s had no free slot for %s: requeued", msg.drone, msg.key)
             self.node.commit("requeue", [msg.key], f"{msg.drone} had no free slot", self.wall())
 
     def _bye(self, identity: bytes, msg: Bye) -> None:
         self.drones.pop(msg.drone, None)
         keys = [k for k in msg.hand_back if isinstance(k, str)]
-        held = self.node.election.read(lambda q: [k for k in keys if _held_by(q, k, msg.drone)])
+        held = self.node.read(lambda q: [k for k in keys if _held_by(q, k, msg.drone)])
         log.info("drone %s leaving, handing back %d job(s) (%d held)", msg.drone, len(keys), len(held))
 
         def acknowledge(result: Any = None, err: str | None = None) -> None:
@@ -263,7 +264,7 @@ class Broker(Component):
                 log.warning("drone %s silent for %.1fs: its jobs go back to needed", name, now - session.last_seen)
                 self.node.commit("release_drone", name, "drone went silent", self.wall())
         wall = self.wall()
-        if self.node.election.read(lambda q: q.lease_overdue(wall)):
+        if self.node.read(lambda q: q.lease_overdue(wall)):
             self.node.commit("expire", wall)
 
     # --- dispatch ------------------------------------------------------------------------
@@ -275,7 +276,7 @@ class Broker(Component):
         free = [d for d in self.drones.values() if d.room > 0 and d.rest_until <= now]
         if not free or self._term is None:
             return
-        grounded, picks = self.node.election.read(lambda q: _plan(q, free, self.inflight, fresh))
+        grounded, picks = self.node.read(lambda q: _plan(q, free, self.inflight, fresh))
         free = [d for d in free if d.name not in grounded]
         for key, failed_on in picks:
             drone = _choose(free, failed_on)
@@ -308,7 +309,7 @@ class Broker(Component):
             if current is None:
                 return  # gone: its lease lapses, or it says hello and gets the job again
             current.running.add(key)
-            job = self.node.election.read(lambda q: _job(q, key, term))
+            job = self.node.read(lambda q: _job(q, key, term))
             if job is not None and self.node.send(current.identity, job):
                 current.job_sent(key, self.clock())
                 log.debug("job %s -> %s", key, session.name)
@@ -322,7 +323,7 @@ class Broker(Component):
         take them. (A drone queues only while its builds are short, and hands back by itself
         any job queued for longer than drone.QUEUE_WAIT: this only makes it happen now.)"""
         live = set(self.drones)
-        stray = self.node.election.read(lambda q: q.delegated_elsewhere(live))
+        stray = self.node.read(lambda q: q.delegated_elsewhere(live))
         asked = sorted(d.name for d in self.drones.values() if d.queue > 0 and d.running)
         for name in asked:
             self.node.send(self.drones[name].identity, protocol.Unqueue(reason="balance"))

@@ -1,13 +1,69 @@
-"""The parts an orchestrator is made of, and the one interface its loop drives them through.
+"""The parts an orchestrator is made of: what they may ask of it (`Node`), and the hooks its
+loop drives them through (`Component`).
 
-The orchestrator owns one poll loop; each component (broker, receiver, replicator, releases,
-incoming watcher, binhost) overrides only what it needs of these hooks, all called on the
-loop's thread.
+The orchestrator owns one poll loop; each component (control, broker, receiver, replicator,
+releases, incoming watcher, binhost) overrides only what it needs of these hooks, all called
+on the loop's thread. A part knows its orchestrator only as a `Node`: its name and term,
+whether it leads, the replicated state to read, commits, replies on the ROUTER, and the loop
+to post work to. Everything else a part uses (its configuration, node storage, the one
+function of another part it calls) is handed to it at construction, so
+`Orchestrator.__init__` is the whole wiring diagram and tests give a part one fake node.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from swarmmesh import protocol
+    from swarmmesh.queue import BuildQueue
+
+T = TypeVar("T")
+#: `then(result, error)`: how a commit's outcome comes back, on the loop's thread.
+Then = Callable[[Any, "str | None"], None]
+
+
+class Node(Protocol):
+    """What a part may ask of its orchestrator, and no more."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def term(self) -> int:
+        """The current Raft term."""
+        ...
+
+    def is_leader(self) -> bool:
+        """Leading, with this node's claim to the term committed."""
+        ...
+
+    def leader_name(self) -> str | None: ...
+
+    def role(self) -> str:
+        """"leader", "follower" or "candidate", as status replies and events show it."""
+        ...
+
+    def read(self, fn: Callable[[BuildQueue], T]) -> T:
+        """Run `fn` on the replicated queue under its lock (a consistent view)."""
+        ...
+
+    def indexes(self) -> tuple[int, int]:
+        """(commit index, applied index) of the Raft log."""
+        ...
+
+    def commit(self, command: str, *args: Any, then: Then | None = None, lazy: bool = False) -> None:
+        """Replicate a command; `then(result, error)` runs later on the loop's thread."""
+        ...
+
+    def send(self, identity: bytes, msg: protocol.Message) -> bool:
+        """Send on the orchestrator's ROUTER (drones, clients); False if it could not."""
+        ...
+
+    def post(self, fn: Callable[[], None]) -> None:
+        """Run `fn` on the loop's thread (worker threads must not touch sockets)."""
+        ...
 
 
 class Component:

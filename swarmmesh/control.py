@@ -12,15 +12,14 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from swarmmesh import gentoo
+from swarmmesh.component import Component, Node
+from swarmmesh.config import NodeConfig
 from swarmmesh.errors import BadAtomsError, InputError, SwarmError
-from swarmmesh.protocol import Reply, Request
+from swarmmesh.protocol import Message, Reply, Request
 from swarmmesh.releases import check_release_id, new_release_id
-
-if TYPE_CHECKING:
-    from swarmmesh.orchestrator import Orchestrator
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +27,33 @@ COMMIT_TIMEOUT = 10.0
 READ_OPS = {"status", "releases"}
 
 
-class Control:
-    def __init__(self, node: Orchestrator) -> None:
+#: `balance(reply)`: the broker's; `reply(result)` runs once the requeue is committed.
+Balance = Callable[[Callable[[dict], None]], None]
+
+
+class Control(Component):
+    """Component of an Orchestrator: answers `Request`s on its ROUTER. The peers it calls are
+    handed in: the election's `fingerprint`, the broker's `dispatch_new` and `balance`, and
+    the release this node `serving`."""
+
+    def __init__(self, node: Node, config: NodeConfig, *, fingerprint: Callable[[], str],
+                 dispatch_new: Callable[[list[str], dict | None], None], balance: Balance,
+                 serving: Callable[[], str | None]) -> None:
         self.node = node
+        self._keep_releases = config.keep_releases
+        self._fingerprint = fingerprint
+        self._dispatch_new = dispatch_new
+        self._balance_now = balance
+        self._serving = serving
         self._pending: dict[str, tuple[bytes, float]] = {}
         self._ops: dict[str, Callable[[bytes, Request], None]] = {
             "status": self._status, "swarm": self._swarm, "submit": self._submit,
             "finalize": self._finalize, "balance": self._balance, "unblock": self._unblock,
             "reset": self._reset, "releases": self._releases, "rollback": self._rollback,
         }
+
+    def accepts(self, msg: Message) -> bool:
+        return isinstance(msg, Request)
 
     def handle(self, identity: bytes, req: Request) -> None:
         op = self._ops.get(req.op)
@@ -91,16 +108,16 @@ class Control:
     # --- operations --------------------------------------------------------------------
     def _status(self, identity: bytes, req: Request) -> None:
         node = self.node
-        counts, fingerprint = node.election.read(lambda q: q.counts()), node.election.fingerprint()
-        commit, applied = node.election.indexes()
+        counts, fingerprint = node.read(lambda q: q.counts()), self._fingerprint()
+        commit, applied = node.indexes()
         self._ok(identity, req, {"fingerprint": fingerprint,
-            "node": node.name, "role": "leader" if node.is_leader() else node.election.role(),
+            "node": node.name, "role": node.role(),
             "leader": node.leader_name(), "term": node.term, "counts": counts,
             "commit_index": commit, "applied_index": applied,
         })
 
     def _swarm(self, identity: bytes, req: Request) -> None:
-        snap = self.node.election.read(lambda q: q.snapshot())
+        snap = self.node.read(lambda q: q.snapshot())
         snap["leader"], snap["term"] = self.node.name, self.node.term
         self._ok(identity, req, snap)
 
@@ -113,9 +130,7 @@ class Control:
         log.info("submit %s from %r: %d packages", batch_id, client, len(items))
         self._commit(identity, req, "submit", batch_id, client, items, deps, time.time(),
                      shape=lambda r: (True, "ok", "", {k: r[k] for k in ("batch", "count", "new")}))
-        dispatch_new = getattr(self.node, "dispatch_new", None)
-        if dispatch_new is not None:
-            dispatch_new([key for key, _cpv, _repo in items], deps)
+        self._dispatch_new([key for key, _cpv, _repo in items], deps)
 
     def _finalize(self, identity: bytes, req: Request) -> None:
         force = bool(req.args.get("force", False))
@@ -123,11 +138,7 @@ class Control:
         self._commit(identity, req, "finalize", release_id, time.time(), force, shape=_finalize_shape)
 
     def _balance(self, identity: bytes, req: Request) -> None:
-        balance = getattr(self.node, "balance", None)
-        if balance is None:
-            self._ok(identity, req, {"requeued": [], "note": "no drones are connected to this leader"})
-            return
-        balance(lambda result: self._ok(identity, req, result))
+        self._balance_now(lambda result: self._ok(identity, req, result))
 
     def _unblock(self, identity: bytes, req: Request) -> None:
         keys = req.args.get("keys")
@@ -146,14 +157,14 @@ class Control:
 
     def _releases(self, identity: bytes, req: Request) -> None:
         """The releases in the log, newest last; `serving` is what this node's binhost serves."""
-        views = self.node.election.read(lambda q: q.release_views())
+        views = self.node.read(lambda q: q.release_views())
         self._ok(identity, req, {"releases": views, "current": views[-1]["id"] if views else None,
-                                 "node": self.node.name, "serving": self.node.releases.serving})
+                                 "node": self.node.name, "serving": self._serving()})
 
     def _rollback(self, identity: bytes, req: Request) -> None:
         target = check_release_id(req.args.get("release"))
-        keep = self.node.config.keep_releases
-        kept = self.node.election.read(lambda q: [r.id for r in q.releases][-keep:])
+        keep = self._keep_releases
+        kept = self.node.read(lambda q: [r.id for r in q.releases][-keep:])
         if target not in kept:
             raise InputError(f"release {target!r} is not one of the last {keep} releases, whose files are kept; "
                              f"roll back to one of: {', '.join(kept) or 'none yet'}")

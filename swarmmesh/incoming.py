@@ -22,19 +22,18 @@ import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from swarmmesh import gpkg
 from swarmmesh.artifacts import received_result
-from swarmmesh.component import Component
+from swarmmesh.component import Component, Node
+from swarmmesh.config import NodeConfig
 from swarmmesh.errors import ArtifactError
 from swarmmesh.queue import DELEGATED, NEEDED, Package
-
-if TYPE_CHECKING:
-    from swarmmesh.orchestrator import Orchestrator
+from swarmmesh.store import Storage
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +61,10 @@ class _Events(FileSystemEventHandler):
 class Incoming(Component):
     """Component of an Orchestrator (leader only acts); see the module docstring."""
 
-    def __init__(self, node: Orchestrator) -> None:
+    def __init__(self, node: Node, config: NodeConfig, storage: Storage) -> None:
         self.node = node
-        self.dir = Path(node.config.data_dir) / "staging" / "incoming"
+        self.storage = storage
+        self.dir = Path(config.data_dir) / "staging" / "incoming"
         self.dir.mkdir(parents=True, exist_ok=True)
         self._found: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._observer = Observer()
@@ -132,7 +132,7 @@ class Incoming(Component):
     # --- judging (worker thread) -----------------------------------------------------------
     def _take(self, path: Path) -> tuple[str, str, gpkg.GpkgInfo] | None:
         """Move the file out of reach, validate it, store it: (key, drone, info), or None if gone."""
-        store = self.node.receiver.store
+        store = self.storage.store
         staged = store.tmp / f"{uuid.uuid4().hex}.incoming"
         try:
             if not stat.S_ISREG(os.lstat(path).st_mode):
@@ -147,8 +147,8 @@ class Incoming(Component):
             info = gpkg.inspect_gpkg(staged)
             key, drone = self._package_for(info)
             store.put(staged, info.sha256)
-            self.node.receiver.durable.wait()  # data and rename on disk before `received`, as for uploads
-            self.node.releases.entries.record(info)  # parsed in full just now: no second read
+            self.storage.durable.wait()  # data and rename on disk before `received`, as for uploads
+            self.storage.entries.record(info)  # parsed in full just now: no second read
             return key, drone, info
         except BaseException:
             staged.unlink(missing_ok=True)
@@ -165,7 +165,7 @@ class Incoming(Component):
         raise ArtifactError(f"{info.cpv} is not a package the queue needs (or it is already received)")
 
     def _queued(self, key: str) -> Package | None:
-        return self.node.election.read(lambda q: q.get(key))
+        return self.node.read(lambda q: q.get(key))
 
     # --- committing (loop thread) ------------------------------------------------------------
     def _taken(self, path: str, future: Future) -> None:

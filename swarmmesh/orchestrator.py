@@ -13,37 +13,40 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import zmq
 
 from swarmmesh import protocol, transport
-from swarmmesh.component import Component
+from swarmmesh.artifacts import Receiver
+from swarmmesh.binhost import Binhost
+from swarmmesh.broker import Broker
+from swarmmesh.component import Component, Then
 from swarmmesh.config import NodeConfig
+from swarmmesh.control import Control
 from swarmmesh.election import Election
 from swarmmesh.errors import ProtocolError
 from swarmmesh.groupcommit import Outbox
+from swarmmesh.incoming import Incoming
+from swarmmesh.queue import BuildQueue
+from swarmmesh.releases import Releases
+from swarmmesh.replication import Replicator
+from swarmmesh.store import Storage
 
 log = logging.getLogger(__name__)
 
 TICK = 0.1
 EVENT_PERIOD = 0.5
 
-Then = Callable[[Any, "str | None"], None]
+T = TypeVar("T")
 
 
 class Orchestrator:
-    """Wires election, control API and (when leading) the broker around one poll loop."""
+    """Wires election, control API and (when leading) the broker around one poll loop; as
+    `Node` (component.py), the one thing its parts know of it."""
 
     def __init__(self, config: NodeConfig) -> None:
-        from swarmmesh.artifacts import Receiver
-        from swarmmesh.binhost import Binhost
-        from swarmmesh.broker import Broker
-        from swarmmesh.control import Control
-        from swarmmesh.incoming import Incoming
-        from swarmmesh.releases import Releases
-        from swarmmesh.replication import Replicator
-
         self.config = config
         self.me = config.me()
         self.election = Election(config)
@@ -56,19 +59,25 @@ class Orchestrator:
         self._claimed_term: int | None = None
         self._next_event = 0.0
         self._outgoing: Outbox[tuple[str, tuple, Callable[[Any, str | None], None]]] = Outbox()
-        self.control = Control(self)
-        self.broker = Broker(self)
-        self.receiver = Receiver(self)
-        self.replicator = Replicator(self)  # needs the receiver's store
-        self.releases = Releases(self)
-        self.incoming = Incoming(self)
-        self.binhost = Binhost(self)  # last: it serves what the others keep
-        self.components: list[Component] = [self.broker, self.receiver, self.replicator, self.releases,
-                                      self.incoming, self.binhost]
-        self.balance = self.broker.balance
-        self.dispatch_new = self.broker.dispatch_new
+        # The wiring diagram. Each part gets this node (the `Node` interface), its settings,
+        # the node's storage if it keeps or serves files, and the functions of other parts it
+        # calls; nothing else reaches it.
+        self.storage = Storage(Path(config.data_dir))
+        self.broker = Broker(self, config)
+        self.receiver = Receiver(self, config, self.storage, self.ctx, settle=self.broker.settle)
+        self.releases = Releases(self, config, self.storage)
+        self.replicator = Replicator(self, config, self.storage, relink=self.releases.relink)
+        self.incoming = Incoming(self, config, self.storage)
+        self.binhost = Binhost(self, config, self.storage, serving=self.releases.serving_release,
+                               staging_feed=self.releases.staging_feed)
+        self.control = Control(self, config, fingerprint=self.election.fingerprint,
+                               dispatch_new=self.broker.dispatch_new, balance=self.broker.balance,
+                               serving=self.releases.serving_release)
+        # the order of each loop pass: requests and timeouts first, then jobs, uploads, files
+        self.components: list[Component] = [self.control, self.broker, self.receiver, self.replicator,
+                                            self.releases, self.incoming, self.binhost]
 
-    # --- services for components (control, broker) -------------------------------------
+    # --- the Node interface (component.py): what the parts may ask -----------------------
     def commit(self, command: str, *args: Any, then: Then | None = None, lazy: bool = False) -> None:
         """Replicate a command; `then(result, error)` runs later on this loop's thread.
 
@@ -118,6 +127,15 @@ class Orchestrator:
         """Run `fn` on the loop thread (components' worker threads must not touch sockets)."""
         self.inbox.post(fn)
 
+    def role(self) -> str:
+        return "leader" if self.is_leader() else self.election.role()
+
+    def read(self, fn: Callable[[BuildQueue], T]) -> T:
+        return self.election.read(fn)
+
+    def indexes(self) -> tuple[int, int]:
+        return self.election.indexes()
+
     # --- the loop ----------------------------------------------------------------------
     def run(self) -> None:
         poller = zmq.Poller()
@@ -144,6 +162,7 @@ class Orchestrator:
     def close(self) -> None:
         for comp in self.components:
             comp.close()
+        self.storage.close()
         self.election.close()
         self.router.close(0)
         self.events.close(0)
@@ -165,9 +184,6 @@ class Orchestrator:
         except ProtocolError as exc:
             log.warning("rejected a frame from %r: %s", identity, exc)
             return
-        if isinstance(msg, protocol.Request):
-            self.control.handle(identity, msg)
-            return
         for comp in self.components:
             if comp.accepts(msg):
                 comp.handle(identity, msg)
@@ -180,7 +196,6 @@ class Orchestrator:
         if now >= self._next_event:
             self._next_event = now + EVENT_PERIOD
             self._publish()
-        self.control.tick(now)
         for comp in self.components:
             comp.tick(now)
 
@@ -216,7 +231,7 @@ class Orchestrator:
         counts = self.election.read(lambda q: q.counts())
         commit, applied = self.election.indexes()
         node = protocol.NodeInfo(
-            name=self.name, role="leader" if self.is_leader() else self.election.role(),
+            name=self.name, role=self.role(),
             term=self.election.term, leader=self.leader_name(), commit_index=commit,
             applied_index=applied, counts=counts, sent_at=time.time(),
         )

@@ -27,15 +27,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from swarmmesh.component import Component
-from swarmmesh.entries import Entries
+from swarmmesh.component import Component, Node
+from swarmmesh.config import NodeConfig
 from swarmmesh.errors import ArtifactError, InputError
 from swarmmesh.pkgindex import gzip_bytes, index_entry, release_paths, render_packages
 from swarmmesh.staging import Feed, ReceivedView, Stager
-from swarmmesh.store import fsync_dir
+from swarmmesh.store import Storage, fsync_dir
 
 if TYPE_CHECKING:
-    from swarmmesh.orchestrator import Orchestrator
     from swarmmesh.queue import Release
 
 log = logging.getLogger(__name__)
@@ -153,13 +152,16 @@ class Releases(Component):
     File work runs on one worker thread; the loop only decides and commits, at a cost that
     follows what changed in the log (its change feed), not how many packages it holds."""
 
-    def __init__(self, node: Orchestrator) -> None:
+    def __init__(self, node: Node, config: NodeConfig, storage: Storage) -> None:
         self.node = node
-        self.data = Path(node.config.data_dir)
+        self.storage = storage
+        self.auto_finalize = config.auto_finalize  # finalize completed batches (leader only)
+        self._keep_releases = config.keep_releases
+        self.data = Path(config.data_dir)
         self.root = self.data / "releases"
         self.root.mkdir(parents=True, exist_ok=True)
         prune(self.root, keep=[p.name for p in self.root.iterdir() if RELEASE_ID.match(p.name)])
-        self.entries = Entries(self.data / "entries")
+        self.entries = storage.entries
         self.serving = current_release(self.data)
         self.staging = Feed()
         self._view = ReceivedView(self.entries)
@@ -182,13 +184,12 @@ class Releases(Component):
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self.entries.close()
 
     def tick(self, now: float) -> None:
         if now < self._next:
             return
         self._next = now + CHECK_PERIOD
-        if self.node.is_leader() and self.node.config.auto_finalize and now >= self._next_auto:
+        if self.node.is_leader() and self.auto_finalize and now >= self._next_auto:
             self._next_auto = now + AUTO_PERIOD
             self._auto_finalize()
         if self._job is None or self._job.done():
@@ -202,7 +203,7 @@ class Releases(Component):
         if self._stage_due(now) and not self._staged_last:
             return self._start_stage(now)
         self._staged_last = False
-        missing = self._view.unindexed(self.node.replicator.has)
+        missing = self._view.unindexed(self.storage.holds)
         if missing:
             return self._submit(self._index, missing)
         if self._publishable(now):
@@ -213,7 +214,7 @@ class Releases(Component):
         """Catch up with the log: what changed since the last look (or everything, now and then)."""
         if now >= self._resync:
             self._seen, self._resync = -1, now + RESYNC
-        seen, changed, found, newest = self.node.election.read(self._changes)
+        seen, changed, found, newest = self.node.read(self._changes)
         if newest != (self._newest.id if self._newest else None):
             self._set_newest()
         if changed is None:
@@ -231,7 +232,7 @@ class Releases(Component):
 
     def _set_newest(self) -> None:
         """Releases are immutable: their files are read once, not at every look."""
-        self._newest = self.node.election.read(lambda q: q.newest_release())
+        self._newest = self.node.read(lambda q: q.newest_release())
         files = self._newest.files if self._newest else []
         self._view.want(files)
         self._absent = {f["sha256"] for f in files}
@@ -240,9 +241,13 @@ class Releases(Component):
         rel = self._newest
         if rel is None or rel.id == self.serving or now < self._failed.get(rel.id, 0.0):
             return False
-        has = self.node.replicator.has
+        has = self.storage.holds
         self._absent = {sha for sha in self._absent if not has(sha)}
         return not self._absent
+
+    def serving_release(self) -> str | None:
+        """The release this node serves now (its `current`), for the binhost and status."""
+        return self.serving
 
     def staging_feed(self) -> Feed:
         """The feed to serve (binhost thread). Drones and the gateway read the leader's; a
@@ -270,18 +275,18 @@ class Releases(Component):
 
     # --- worker-thread jobs --------------------------------------------------------------
     def _index(self, files: list[dict]) -> None:
-        logged = self.node.election.read(lambda q: {f["sha256"]: q.fresh_metadata(f["sha256"]) for f in files})
+        logged = self.node.read(lambda q: {f["sha256"]: q.fresh_metadata(f["sha256"]) for f in files})
         for f in files:
             sha = f["sha256"]
             try:
-                self.entries.compute(sha, self.node.replicator.path(sha), f, logged.get(sha))
+                self.entries.compute(sha, self.storage.path(sha), f, logged.get(sha))
             except (ArtifactError, OSError) as exc:  # not what the leader validated: fetch it again
-                self.node.post(functools.partial(self.node.replicator.corrupt, sha, f"cannot be indexed: {exc}"))
+                self.node.post(functools.partial(self.storage.drop, sha, f"cannot be indexed: {exc}"))
 
     def _publish(self, rel: Release) -> None:
         try:
             placed = release_paths(rel.files)
-            links = [(self.node.replicator.path(f["sha256"]), path) for f, path in placed]
+            links = [(self.storage.path(f["sha256"]), path) for f, path in placed]
             entries = [index_entry(self._entry(f), path) for f, path in placed]
             build_release(self.root, rel.id, rel.stamp, links, entries)
             point_current(self.data, rel.id)
@@ -306,7 +311,7 @@ class Releases(Component):
 
     def _published(self, release_id: str) -> None:
         self.serving = release_id
-        keep = self.node.election.read(lambda q: [r.id for r in q.releases])[-self.node.config.keep_releases:]
+        keep = self.node.read(lambda q: [r.id for r in q.releases])[-self._keep_releases:]
         self._submit(self._prune, [*keep, release_id])
 
     def _prune(self, keep: list[str]) -> None:
@@ -321,11 +326,11 @@ class Releases(Component):
 
     def relink(self, sha256: str) -> None:
         """A re-fetched file replaces the corrupt copy in every built release that links it."""
-        releases = self.node.election.read(lambda q: [(r.id, r.files) for r in q.releases])
+        releases = self.node.read(lambda q: [(r.id, r.files) for r in q.releases])
         self._submit(self._relink, sha256, releases)
 
     def _relink(self, sha256: str, releases: list[tuple[str, list[dict]]]) -> None:
-        source = self.node.replicator.path(sha256)
+        source = self.storage.path(sha256)
         for release_id, files in releases:
             folder = self.root / check_release_id(release_id)
             for f, path in release_paths(files) if folder.is_dir() else ():
@@ -335,7 +340,7 @@ class Releases(Component):
 
     # --- auto_finalize (leader) ----------------------------------------------------------
     def _auto_finalize(self) -> None:
-        if self._finalizing or not self.node.election.read(lambda q: q.unreleased_batches()):
+        if self._finalizing or not self.node.read(lambda q: q.unreleased_batches()):
             return
         self._finalizing = True
         release_id = new_release_id()

@@ -36,18 +36,16 @@ import os
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from swarmmesh.component import Component
+from swarmmesh.component import Component, Node
+from swarmmesh.config import NodeConfig
 from swarmmesh.errors import FetchError
 from swarmmesh.fetch import BUNDLE_FILES, Source, fetch, fetch_bundle, small
-from swarmmesh.store import scan_store
-
-if TYPE_CHECKING:
-    from swarmmesh.orchestrator import Orchestrator
-    from swarmmesh.store import Store
+from swarmmesh.store import Storage, scan_store
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +89,15 @@ def verify(path: Path, sha256: str, rate: float, stop: threading.Event) -> tuple
 class Replicator(Component):
     """Component of an Orchestrator: keeps this node's store complete and the log's holders true."""
 
-    def __init__(self, node: Orchestrator) -> None:
+    def __init__(self, node: Node, config: NodeConfig, storage: Storage, *, relink: Callable[[str], None]) -> None:
         self.node = node
         self.me = node.name
-        self.store: Store = node.receiver.store
-        self.held = scan_store(self.store.root)
-        self._lock = threading.Lock()  # guards `held` against the scrubber's copy
-        self._addrs = {o.name: o for o in node.config.orchestrators}
+        self.storage = storage
+        self.store = storage.store
+        self._relink = relink  # the releases' own: a re-fetched file replaces a corrupt copy there
+        self._addrs = {o.name: o for o in config.orchestrators}
+        self._keep_releases = config.keep_releases
+        self._scrub_interval = config.scrub_interval
         self._pool = ThreadPoolExecutor(FETCH_WORKERS, thread_name_prefix=f"fetch-{node.name}")
         self._fetching: dict[str, Future] = {}
         self._bundles: dict[Source, list[tuple[str, dict]]] = {}  # small files to ask each holder for
@@ -115,34 +115,22 @@ class Replicator(Component):
         self._scrubber = threading.Thread(target=self._scrub, name=f"scrub-{node.name}", daemon=True)
         self._scrubber.start()
 
-    # --- services for other components ---------------------------------------------------
-    def has(self, sha256: str) -> bool:
-        return sha256 in self.held
-
-    def path(self, sha256: str) -> Path:
-        return self.store.path(sha256)
-
     def corrupt(self, sha256: str, reason: str, inode: int | None = None) -> None:
         """Drop a stored file that no longer matches its sha256 (loop thread only)."""
-        path = self.store.path(sha256)
-        if sha256 not in self.held:
-            return  # already dropped (a second report of the same problem)
-        try:
-            if inode is not None and os.stat(path).st_ino != inode:
-                return  # already replaced by a good copy since the check started
-            path.unlink()
-        except FileNotFoundError:
-            pass
-        self._forget(sha256)
-        self._refetch.add(sha256)
-        self._dirty.add(sha256)
-        log.warning("stored file %s dropped (%s); fetching it again", sha256[:12], reason)
+        self.storage.drop(sha256, reason, inode)
+        self._take_dropped()
+
+    def _take_dropped(self) -> None:
+        """Files dropped as corrupt (here, or by the releases when one could not be indexed):
+        the log must stop listing us, and they are fetched again."""
+        for sha256 in self.storage.take_dropped():
+            self._commit("unhold", sha256)
+            self._refetch.add(sha256)
+            self._dirty.add(sha256)
 
     def _forget(self, sha256: str) -> None:
         """The file is gone from our store: stop indexing it and tell the log we lack it."""
-        with self._lock:
-            self.held.discard(sha256)
-        self.node.releases.entries.forget(sha256)
+        self.storage.forget(sha256)
         self._commit("unhold", sha256)
 
     # --- component protocol --------------------------------------------------------------
@@ -155,6 +143,7 @@ class Replicator(Component):
         self._scrubber.join(5)
 
     def tick(self, now: float) -> None:
+        self._take_dropped()  # every tick: the log must stop listing a dropped file at once
         if now < self._next:
             return
         self._next, self._now = now + CHECK_PERIOD, now
@@ -176,7 +165,7 @@ class Replicator(Component):
         """Bring `pending` up to date from the change feed (and local changes); returns every
         wanted file when it had to rescan them all."""
         dirty, self._dirty = self._dirty, set()
-        self._seen, changed, records = self.node.election.read(lambda q: self._changes(q, dirty))
+        self._seen, changed, records = self.node.read(lambda q: self._changes(q, dirty))
         if changed is None:
             self.pending = {sha: info for sha, info in records.items() if self._needs(sha, info)}
             for table in (self._retry, self._failing):
@@ -206,10 +195,10 @@ class Replicator(Component):
 
     def _needs(self, sha: str, info: dict) -> bool:
         """Not stored here (or not adopted yet), or the log does not list us as its holder."""
-        return sha not in self.held or self.me not in info["holders"]
+        return not self.storage.holds(sha) or self.me not in info["holders"]
 
     def _act(self, sha: str, info: dict, now: float) -> None:
-        if sha in self.held or (sha not in self._fetching and self._adopt(sha)):
+        if self.storage.holds(sha) or (sha not in self._fetching and self._adopt(sha)):
             if self.me in info["holders"]:
                 self.pending.pop(sha, None)  # stored and listed: done
             else:
@@ -220,7 +209,7 @@ class Replicator(Component):
     def _check_sizes(self, wanted: dict[str, dict]) -> None:
         """Once, at start-up: a copy cut short (a power loss after a fetch) is fetched again."""
         for sha, info in wanted.items():
-            if sha in self.held and isinstance(info.get("size"), int):
+            if self.storage.holds(sha) and isinstance(info.get("size"), int):
                 try:
                     size = self.store.path(sha).stat().st_size
                 except FileNotFoundError:
@@ -231,13 +220,13 @@ class Replicator(Component):
     def _caught_up(self) -> bool:
         """Collect only with a leader known and its commits applied: a node replaying its log
         must not take files of entries it has not applied yet for unreferenced ones."""
-        commit, applied = self.node.election.indexes()
+        commit, applied = self.node.indexes()
         return applied >= commit and self.node.leader_name() is not None
 
     def _collect(self) -> None:
         """Remove stored files nothing refers to any more (once they are GC_GRACE old)."""
-        keep = self.node.config.keep_releases
-        kept = self.node.election.read(
+        keep = self._keep_releases
+        kept = self.node.read(
             lambda q: {f["sha256"] for r in q.releases[-keep:] for f in r.files} | set(q.artifacts()))
         referenced = kept | set(self._fetching)
         cutoff = time.time() - GC_GRACE
@@ -256,8 +245,7 @@ class Replicator(Component):
         """A file the Receiver (or a previous run) put in the store is ours without a fetch."""
         if not self.store.has(sha256):
             return False
-        with self._lock:
-            self.held.add(sha256)
+        self.storage.hold(sha256)
         return True
 
     def _want(self, sha: str, info: dict, now: float) -> None:
@@ -332,14 +320,13 @@ class Replicator(Component):
         source = outcome
         self._retry.pop(sha, None)
         self._failing.pop(sha, None)
-        with self._lock:
-            self.held.add(sha)
+        self.storage.hold(sha)
         log.log(logging.DEBUG if quiet else logging.INFO, "fetched %s (%s, %s bytes) from %s", sha[:12],
                 info.get("key") or "release file", info.get("size"), source)
         self._commit("hold", sha)
         if sha in self._refetch:
             self._refetch.discard(sha)
-            self.node.releases.relink(sha)
+            self._relink(sha)
 
     def _maybe_lost(self, sha: str, info: dict, now: float, why: str) -> bool:
         """Leader only: after LOST_GRACE without any holder serving it, rebuild the package."""
@@ -372,9 +359,8 @@ class Replicator(Component):
     def _scrub(self) -> None:
         # `[cluster] scrub_interval` between passes: scrubbed without a break (it once was, every
         # 5 s), a store is re-read at SCRUB_FILES a second forever, idle or not
-        while not self._stop.wait(self.node.config.scrub_interval):
-            with self._lock:
-                todo = sorted(self.held)
+        while not self._stop.wait(self._scrub_interval):
+            todo = self.storage.held()
             for sha in todo:
                 checked = verify(self.store.path(sha), sha, SCRUB_RATE, self._stop)
                 if self._stop.wait(1 / SCRUB_FILES):

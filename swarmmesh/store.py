@@ -4,7 +4,8 @@ Files live under `<data_dir>/store/ab/abcdef...`, named by their sha256, so a co
 from any holder is the same file and nothing a peer sends can name a path. Writers (the
 receiver, incoming, fetches) fill a temp file of the store, check it, and rename it into
 place; durability before a commit is the SyncBarrier's group sync, shared by every upload
-that waits for one.
+that waits for one. `Storage` is all of it for one node: the store, the index records of
+its files, which files the node counts as held, and the barrier.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO, NamedTuple, Protocol
 
+from swarmmesh.entries import Entries
 from swarmmesh.errors import ArtifactError
 
 log = logging.getLogger(__name__)
@@ -73,7 +75,7 @@ class Store:
 
     def put(self, tmp: Path, sha256: str) -> Path:
         """Move a verified temp file into place (atomic rename). Not synced: a file that must
-        survive a power loss before it is committed waits for the Receiver's SyncBarrier; a
+        survive a power loss before it is committed waits for the node's SyncBarrier; a
         fetched copy is repaired by the start-up size check and the scrubber instead."""
         dest = self.path(sha256)
         if sha256[:2] not in self._dirs:  # one mkdir per directory, not one per file
@@ -229,3 +231,78 @@ def scan_store(root: Path) -> set[str]:
         if len(sub.name) == 2 and sub.is_dir():
             held.update(f.name for f in sub.iterdir() if _SHA256.match(f.name) and f.name[:2] == sub.name)
     return held
+
+
+class Durable(Protocol):
+    """What waits for the disk: SyncBarrier, or a stand-in that does not (tests)."""
+
+    def after(self, fn: Callable[[Exception | None], None], write: Callable[[], None] | None = None) -> None: ...
+
+    def wait(self, timeout: float = 60.0) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Storage:
+    """One node's storage, created by the orchestrator and handed to the parts that keep or
+    serve files (receiver, incoming, replication, releases, binhost), so that none of them
+    reaches into another for it: the content-addressed store, the index records of its files
+    (`entries`), the files this node counts as held, and the barrier that makes writes durable.
+
+    "Held" is the replicator's word: a file in the store that was adopted or fetched and so
+    may be listed as ours in the log. A file dropped as corrupt (`drop`) stops being held at
+    once; the replicator takes the list of dropped files at its next look (`take_dropped`),
+    tells the log and fetches them again."""
+
+    def __init__(self, data_dir: Path, durable: Durable | None = None) -> None:
+        self.store = Store(data_dir / "store")
+        self.entries = Entries(data_dir / "entries")
+        self.durable: Durable = durable if durable is not None else SyncBarrier(self.store.root)
+        self._held = scan_store(self.store.root)
+        self._lock = threading.Lock()  # `held` is copied by the scrubber's thread
+        self._dropped: list[str] = []
+
+    def path(self, sha256: str) -> Path:
+        return self.store.path(sha256)
+
+    def holds(self, sha256: str) -> bool:
+        return sha256 in self._held
+
+    def held(self) -> list[str]:
+        with self._lock:
+            return sorted(self._held)
+
+    def hold(self, sha256: str) -> None:
+        with self._lock:
+            self._held.add(sha256)
+
+    def forget(self, sha256: str) -> None:
+        """The file is gone from the store: no longer held, no longer indexed."""
+        with self._lock:
+            self._held.discard(sha256)
+        self.entries.forget(sha256)
+
+    def drop(self, sha256: str, reason: str, inode: int | None = None) -> None:
+        """Remove a stored file that no longer matches its sha256 (loop thread only); `inode`:
+        the copy that was checked, so that a good copy stored since is left alone."""
+        if sha256 not in self._held:
+            return  # already dropped (a second report of the same problem)
+        path = self.store.path(sha256)
+        try:
+            if inode is not None and os.stat(path).st_ino != inode:
+                return  # already replaced by a good copy since the check started
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        self.forget(sha256)
+        self._dropped.append(sha256)
+        log.warning("stored file %s dropped (%s); fetching it again", sha256[:12], reason)
+
+    def take_dropped(self) -> list[str]:
+        """The files dropped since the last call (loop thread only)."""
+        dropped, self._dropped = self._dropped, []
+        return dropped
+
+    def close(self) -> None:
+        self.durable.close()
+        self.entries.close()

@@ -46,19 +46,21 @@ def node(tmp_path):
     the Packages index) give their component."""
     from tests.fakes import FakeNode
 
-    return FakeNode("o1", tmp_path / "o1", leader=True)
+    node = FakeNode("o1", tmp_path / "o1", leader=True)
+    yield node
+    node.close()
 
 
 @pytest.fixture
 def holder(tmp_path):
     """o1: holds files and serves them over a real binhost (fetch and replication tests)."""
-    from swarmmesh.binhost import Binhost
-    from tests.fakes import FakeNode
+    from tests.fakes import FakeNode, serve_binhost
 
     node = FakeNode("o1", tmp_path / "o1")
-    host = Binhost(node, host="127.0.0.1", port=0)
+    host = serve_binhost(node)
     yield node, host
     host.close()
+    node.close()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from types import SimpleNamespace
 
 import pytest
 import zmq
@@ -12,8 +11,8 @@ from swarmmesh import artifacts, protocol
 from swarmmesh.artifacts import Upload
 from swarmmesh.errors import ArtifactError, TransferError
 from swarmmesh.gpkg_writer import write_gpkg
-from swarmmesh.queue import BuildQueue
 from swarmmesh.store import Store
+from tests.fakes import FakeNode
 
 CPV = "app-misc/hello-1.0"
 
@@ -151,16 +150,13 @@ def test_a_complete_upload_in_memory_is_sealed_into_bytes_once_and_still_written
 def test_a_bug_in_the_check_on_the_loop_asks_for_the_upload_again_and_keeps_the_loop(tmp_path, monkeypatch):
     """An upload checked on the socket loop: an unexpected error is answered like one in a
     validation thread (send it again), not raised into the loop, and the backlog count drops."""
-    queue = BuildQueue()
-    queue.submit("b1", "c", [(CPV, CPV, None)], None, 0.0)
-    queue.delegate(CPV, "drone-1", 1, 0.0, 60.0)
-    sent, settled = [], []
-    node = SimpleNamespace(
-        config=SimpleNamespace(data_dir=tmp_path, me=lambda: SimpleNamespace(host="127.0.0.1", artifacts_port=0)),
-        ctx=zmq.Context(), is_leader=lambda: True, election=SimpleNamespace(read=lambda fn: fn(queue)),
-        send=lambda identity, msg: sent.append(msg), post=lambda fn: fn(),
-        broker=SimpleNamespace(settle=lambda drone, key: settled.append(key)))
-    receiver = artifacts.Receiver(node)
+    node = FakeNode("o1", tmp_path, leader=True)
+    node.queue.submit("b1", "c", [(CPV, CPV, None)], None, 0.0)
+    node.queue.delegate(CPV, "drone-1", 1, 0.0, 60.0)
+    settled: list[str] = []
+    ctx = zmq.Context()
+    receiver = artifacts.Receiver(node, node.config, node.storage, ctx,
+                                  settle=lambda drone, key: settled.append(key))
     try:
         def broken(*args, **kwargs):
             raise RuntimeError("a bug")
@@ -171,8 +167,11 @@ def test_a_bug_in_the_check_on_the_loop_asks_for_the_upload_again_and_keeps_the_
         receiver._frame(protocol.encode(protocol.Trailer(
             upload="ab12cd34", drone="drone-1", key=CPV, term=1, size=len(data),
             sha256=hashlib.sha256(data).hexdigest(), chunks=1)))
+        node.run_posted()
+        sent = [m for _, m in node.sent]
         assert [(m.key, m.retry) for m in sent] == [(CPV, True)] and "cannot store it: a bug" in sent[0].reason
         assert receiver._validating == 0 and settled == [CPV]
     finally:
         receiver.close()
-        node.ctx.term()
+        node.close()
+        ctx.term()

@@ -18,12 +18,12 @@ from swarmmesh.config import OrchestratorAddr
 from swarmmesh.errors import ConfigError
 from swarmmesh.gateway import ClusterView, choose_binhost
 from swarmmesh.protocol import LeaderInfo, NodeInfo
-from tests.fakes import publish, receive, store_gpkg
+from tests.fakes import publish, receive, serve_binhost, store_gpkg
 
 
 @pytest.fixture
 def served(node):
-    host = Binhost(node, host="127.0.0.1", port=0)
+    host = serve_binhost(node)
     yield node, host
     host.close()
 
@@ -141,7 +141,7 @@ def test_a_bundle_serves_a_recent_upload_from_memory(served):
     node, host = served
     data = b"recent upload bytes" * 100
     sha = hashlib.sha256(data).hexdigest()
-    node.receiver.store.recent.put(sha, data)  # not on disk: only memory can answer
+    node.storage.store.recent.put(sha, data)  # not on disk: only memory can answer
     status, body = post(host, "/store", sha.encode())
     assert status == 200 and body == f"{sha} {len(data)}\n".encode() + data
 
@@ -156,7 +156,7 @@ def test_a_bundle_request_names_1_to_256_sha256s(served, body):
 def test_a_taken_port_is_a_config_error(served):
     node, host = served
     with pytest.raises(ConfigError, match="cannot listen"):
-        Binhost(node, host="127.0.0.1", port=host.port)
+        serve_binhost(node, port=host.port)
     assert os.path.isdir(node.config.data_dir)
 
 

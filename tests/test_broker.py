@@ -1,8 +1,8 @@
 """The broker's dispatch policy, leases, retries and grounding, with an injected clock.
 
-The broker runs against a small stand-in for its Orchestrator: commits are applied to a real
-BuildQueue only when the test calls `flush()` (as Raft would, later), and sent messages are
-recorded. Time is a number the test moves; nothing sleeps."""
+The broker runs against the fake orchestrator of tests/fakes.py in its deferred mode: commits
+are applied to a real BuildQueue only when the test calls `flush()` (as Raft would, later),
+and sent messages are recorded. Time is a number the test moves; nothing sleeps."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from swarmmesh import protocol
 from swarmmesh.broker import Broker
 from swarmmesh.config import GatewayConfig, NodeConfig, OrchestratorAddr, QueuePolicy, RaftTuning
 from swarmmesh.protocol import Ack, Busy, Bye, Cancel, Heartbeat, Hello, Job, JobFailed, NotLeader, Stored, Welcome
-from swarmmesh.queue import DELEGATED, FAILED, NEEDED, RECEIVED, BuildQueue
+from swarmmesh.queue import DELEGATED, FAILED, NEEDED, RECEIVED
+from tests.fakes import FakeNode
 
 TERM = 4
 WALL0 = 1_000_000.0
@@ -30,52 +31,10 @@ def _addr(i: int) -> OrchestratorAddr:
                             events_port=7103 + 10 * i, binhost_port=7104 + 10 * i)
 
 
-class Election:
-    def __init__(self) -> None:
-        self.queue = BuildQueue()
-        self.leader = "orch-1"
-
-    def read(self, fn: Any) -> Any:
-        return fn(self.queue)
-
-    def leader_name(self) -> str | None:
-        return self.leader
-
-
-class Node:
-    """What the broker asks of its Orchestrator, and no more."""
-
-    def __init__(self, policy: QueuePolicy) -> None:
-        self.config = NodeConfig(path=Path("orch-1.toml"), name="orch-1", role="orchestrator",
-                                 data_dir=Path("."), secret="s" * 16, orchestrators=(_addr(1), _addr(2)),
-                                 gateway=GatewayConfig(), raft=RaftTuning(), queue=policy, drone=None)
-        self.name = "orch-1"
-        self.election = Election()
-        self.sent: list[tuple[bytes, protocol.Message]] = []
-        self.pending: list[tuple[str, tuple, Any]] = []
-        self.log: list[tuple[str, tuple]] = []
-
-    def send(self, identity: bytes, msg: protocol.Message) -> bool:
-        self.sent.append((identity, msg))
-        return True
-
-    def commit(self, command: str, *args: Any, then: Any = None) -> None:
-        self.pending.append((command, args, then))
-
-    def flush(self) -> None:
-        """Apply every pending command in order, then run its callback (as the loop would)."""
-        while self.pending:
-            command, args, then = self.pending.pop(0)
-            self.log.append((command, args))
-            result = getattr(self.election.queue, command)(*args)
-            if then is not None:
-                then(result, None)
-
-    def take(self, kind: type, to: str | None = None) -> list[Any]:
-        """Messages of `kind` sent so far (to drone `to`), removed from the record."""
-        found = [(i, m) for i, m in self.sent if isinstance(m, kind) and (to is None or i == to.encode())]
-        self.sent = [(i, m) for i, m in self.sent if (i, m) not in found]
-        return [m for _, m in found]
+def _config(policy: QueuePolicy) -> NodeConfig:
+    return NodeConfig(path=Path("orch-1.toml"), name="orch-1", role="orchestrator", data_dir=Path("."),
+                      secret="s" * 16, orchestrators=(_addr(1), _addr(2)), gateway=GatewayConfig(),
+                      raft=RaftTuning(), queue=policy, drone=None)
 
 
 class Clock:
@@ -95,35 +54,42 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def make(clock):
-    def make(**policy: Any) -> tuple[Broker, Node]:
-        node = Node(QueuePolicy(**{"lease_seconds": 3.0, "heartbeat_seconds": 1.0, **policy}))
-        broker = Broker(node, clock=clock.mono, wall=clock.wall)  # type: ignore[arg-type]
+def make(clock, tmp_path):
+    made: list[FakeNode] = []
+
+    def make(**policy: Any) -> tuple[Broker, FakeNode]:
+        config = _config(QueuePolicy(**{"lease_seconds": 3.0, "heartbeat_seconds": 1.0, **policy}))
+        node = FakeNode("orch-1", tmp_path / f"n{len(made)}", deferred=True, config=config)
+        node.raft_leader = "orch-1"
+        made.append(node)
+        broker = Broker(node, config, clock=clock.mono, wall=clock.wall)
         broker.on_leadership(TERM)
         return broker, node
 
-    return make
+    yield make
+    for node in made:
+        node.close()
 
 
-def submit(node: Node, *keys: str, deps: dict | None = None) -> None:
-    node.election.queue.submit(f"b{len(node.log)}-{keys[0]}", "test", [(k, k, None) for k in keys], deps, 0.0)
+def submit(node: FakeNode, *keys: str, deps: dict | None = None) -> None:
+    node.queue.submit(f"b{len(node.commits)}-{keys[0]}", "test", [(k, k, None) for k in keys], deps, 0.0)
 
 
-def hello(broker: Broker, node: Node, name: str, slots: int = 1, cores: int = 4, **kw: Any) -> None:
+def hello(broker: Broker, node: FakeNode, name: str, slots: int = 1, cores: int = 4, **kw: Any) -> None:
     broker.handle(name.encode(), Hello(drone=name, cores=cores, slots=slots, builder="simulated", **kw))
     node.flush()
 
 
-def jobs(node: Node, to: str | None = None) -> list[str]:
+def jobs(node: FakeNode, to: str | None = None) -> list[str]:
     return [j.key for j in node.take(Job, to)]
 
 
-def state(node: Node, key: str) -> tuple[str, str | None]:
-    pkg = node.election.queue.get(key)
+def state(node: FakeNode, key: str) -> tuple[str, str | None]:
+    pkg = node.queue.get(key)
     return pkg.state, pkg.drone
 
 
-def complete(broker: Broker, node: Node, key: str, drone: str) -> None:
+def complete(broker: Broker, node: FakeNode, key: str, drone: str) -> None:
     """What the receiver does for a valid upload: commit, then settle the slot."""
     node.commit("complete", key, drone, TERM, RESULT, 0.0)
     node.flush()
@@ -247,7 +213,7 @@ def test_a_retry_prefers_another_drone_and_the_last_attempt_fails_the_package(ma
     assert jobs(node, "d2") == ["cat/x-1"]  # d1 is free and bigger, but it failed this one
     broker.handle(b"d2", JobFailed(drone="d2", key="cat/x-1", term=TERM, error="boom again"))
     node.flush()
-    pkg = node.election.queue.get("cat/x-1")
+    pkg = node.queue.get("cat/x-1")
     assert (pkg.state, pkg.attempts, pkg.error) == (FAILED, 2, "boom again")
     broker.tick(100.0)
     node.flush()
@@ -266,8 +232,8 @@ def test_a_drone_that_keeps_failing_is_grounded_until_unblocked(make, caplog):
             broker.tick(100.0)
             node.flush()
     assert "d1 grounded" in caplog.text
-    assert node.election.queue.grounded() == ["d1"] and jobs(node) == []
-    node.election.queue.unblock(["d1"], 0.0)
+    assert node.queue.grounded() == ["d1"] and jobs(node) == []
+    node.queue.unblock(["d1"], 0.0)
     broker.tick(100.0)
     node.flush()
     assert len(jobs(node, "d1")) == 1
@@ -291,7 +257,7 @@ def test_a_silent_drone_loses_its_jobs_after_the_lease(make, clock):
     node.flush()
     assert "d1" not in broker.drones
     assert [state(node, k)[0] for k in ("cat/a-1", "cat/b-1")] == [NEEDED, NEEDED]
-    assert node.election.queue.get("cat/a-1").attempts == 0  # not the build's fault
+    assert node.queue.get("cat/a-1").attempts == 0  # not the build's fault
 
 
 def test_heartbeats_renew_exactly_the_jobs_the_drone_mentions(make, clock):
@@ -312,7 +278,7 @@ def test_heartbeats_renew_exactly_the_jobs_the_drone_mentions(make, clock):
     assert state(node, "cat/lost-1") == (DELEGATED, "d1")
     beat()  # 3 s after the delegation: past its 2.6 s lease
     assert state(node, "cat/kept-1") == (DELEGATED, "d1")
-    pkg = node.election.queue.get("cat/lost-1")
+    pkg = node.queue.get("cat/lost-1")
     assert (pkg.state, pkg.attempts, pkg.error) == (NEEDED, 0, "lease expired")
     beat()
     assert jobs(node, "d1") == ["cat/lost-1"]  # its slot was freed, so it is sent again
@@ -321,7 +287,7 @@ def test_heartbeats_renew_exactly_the_jobs_the_drone_mentions(make, clock):
 def test_a_new_leader_gives_drones_a_lease_of_grace_before_anything_expires(make, clock):
     broker, node = make()
     submit(node, "cat/a-1")
-    node.election.queue.delegate("cat/a-1", "d1", TERM - 1, clock.wall(), clock.wall() + 1.0)
+    node.queue.delegate("cat/a-1", "d1", TERM - 1, clock.wall(), clock.wall() + 1.0)
     clock.t += 2.0  # the lease is over, but this leader has only just taken over
     broker.tick(clock.t)
     node.flush()
@@ -337,7 +303,7 @@ def test_a_new_leader_gives_drones_a_lease_of_grace_before_anything_expires(make
 
 def test_rehello_adopts_what_it_holds_drops_the_rest_and_resends_what_it_never_got(make, clock):
     broker, node = make()
-    q = node.election.queue
+    q = node.queue
     submit(node, "cat/running-1", "cat/unsent-1", "cat/theirs-1", "cat/done-1", "cat/other-done-1")
     for key, drone in (("cat/running-1", "d1"), ("cat/unsent-1", "d1"), ("cat/theirs-1", "d2"),
                        ("cat/done-1", "d1"), ("cat/other-done-1", "d2")):
@@ -352,7 +318,7 @@ def test_rehello_adopts_what_it_holds_drops_the_rest_and_resends_what_it_never_g
     assert [s.key for s in node.take(Stored, "d1")] == ["cat/done-1"]
     assert jobs(node, "d1") == ["cat/unsent-1"]
     assert broker.drones["d1"].running == {"cat/running-1", "cat/unsent-1"}
-    assert [a for c, a in node.log if c == "renew"] == [("d1", TERM, clock.wall() + 3.0, ["cat/running-1"])]
+    assert [c[1:] for c in node.commits if c[0] == "renew"] == [("d1", TERM, clock.wall() + 3.0, ["cat/running-1"])]
 
 
 def test_a_failure_report_for_a_job_not_given_is_rejected_and_not_counted(make, caplog):
@@ -368,7 +334,7 @@ def test_a_failure_report_for_a_job_not_given_is_rejected_and_not_counted(make, 
     assert [c.key for c in node.take(Cancel, other)] == ["cat/x-1", "cat/nope-1"]
     assert "not delegated to it" in caplog.text
     assert node.pending == [] and state(node, "cat/x-1") == (DELEGATED, holder)
-    assert node.election.queue.drone_streak(other) == 0
+    assert node.queue.drone_streak(other) == 0
 
 
 def test_messages_whose_sender_is_not_the_drone_they_name_are_dropped(make, caplog):
@@ -389,7 +355,7 @@ def test_an_unknown_drone_is_asked_to_say_hello_and_a_follower_names_the_leader(
     [nl] = node.take(NotLeader, "d9")
     assert (nl.leader, nl.broker) == ("orch-1", _addr(1).broker_url)
     broker.on_leadership(None)
-    node.election.leader = "orch-2"
+    node.raft_leader = "orch-2"
     broker.handle(b"d9", Hello(drone="d9", cores=1, slots=1, builder="simulated"))
     [nl] = node.take(NotLeader, "d9")
     assert (nl.leader, nl.broker) == ("orch-2", _addr(2).broker_url)
@@ -404,14 +370,14 @@ def test_bye_hands_jobs_back_without_charging_an_attempt(make):
     broker.handle(b"d1", Bye(drone="d1", hand_back=["cat/a-1", "cat/not-mine-1"]))
     node.flush()
     assert sorted(a.key for a in node.take(Ack, "d1")) == ["cat/a-1", "cat/not-mine-1"]
-    pkg = node.election.queue.get("cat/a-1")
+    pkg = node.queue.get("cat/a-1")
     assert (pkg.state, pkg.attempts) == (NEEDED, 0) and "d1" not in broker.drones
 
 
 def test_balance_reclaims_leases_of_drones_without_a_session(make):
     broker, node = make()
     submit(node, "cat/a-1", "cat/b-1")
-    node.election.queue.delegate("cat/a-1", "gone", TERM, 0.0, 1e12)
+    node.queue.delegate("cat/a-1", "gone", TERM, 0.0, 1e12)
     hello(broker, node, "d1")
     assert jobs(node) == ["cat/b-1"]
     replies: list[dict] = []
@@ -455,7 +421,7 @@ def test_a_busy_drone_gets_its_job_requeued_without_an_attempt_charged(make, clo
     assert jobs(node) == ["cat/a-1"]
     broker.handle(b"d1", Busy(drone="d1", key="cat/a-1", term=TERM))
     node.flush()
-    pkg = node.election.queue.get("cat/a-1")
+    pkg = node.queue.get("cat/a-1")
     assert (pkg.state, pkg.attempts, pkg.failed_on) == (NEEDED, 0, [])
     broker.dispatch()
     node.flush()

@@ -23,9 +23,10 @@ def setup(tmp_path, monkeypatch):
     monkeypatch.setattr(incoming, "SETTLE", 0.0)
     node = FakeNode("o1", tmp_path / "data", leader=True)
     node.queue.submit("b1", "t", [(k, k, None) for k in ("app-misc/a-1.0", "app-misc/b-1.0")], None, 0.0)
-    comp = Incoming(node)
+    comp = Incoming(node, node.config, node.storage)
     yield node, comp
     comp.close()
+    node.close()
 
 
 def drop(comp: Incoming, name: str, data: bytes) -> Path:
@@ -62,7 +63,7 @@ def test_a_valid_gpkg_for_a_needed_package_is_stored_and_received(setup, tmp_pat
     path = drop(comp, "app-misc/a/a-1.0-1.gpkg.tar", gpkg_bytes(tmp_path, "app-misc/a-1.0"))
     run(node, comp, lambda: node.queue.get("app-misc/a-1.0").state == RECEIVED, "the package to be received")
     result = node.queue.get("app-misc/a-1.0").result
-    assert node.receiver.store.has(result["sha256"]) and result["holders"] == ["o1"]
+    assert node.storage.store.has(result["sha256"]) and result["holders"] == ["o1"]
     assert result["path"] == "app-misc/a/a-1.0-1.gpkg.tar" and not path.exists()
     assert node.queue.get("app-misc/a-1.0").drone == incoming.DRONE
 
@@ -102,7 +103,7 @@ def test_bad_files_are_rejected_and_nothing_escapes_the_data_directory(setup, tm
     path = drop(comp, "app-misc/b/b-1.0-1.gpkg.tar", BAD[kind](tmp_path))
     run(node, comp, lambda: "rejected and deleted" in caplog.text, f"{kind} to be rejected")
     assert not path.exists() and node.queue.get("app-misc/b-1.0").state != RECEIVED
-    assert list(node.receiver.store.tmp.iterdir()) == [] and not any(node.receiver.store.root.glob("??/*"))
+    assert list(node.storage.store.tmp.iterdir()) == [] and not any(node.storage.store.root.glob("??/*"))
     now = everything_under(tmp_path) - {str(p.relative_to(tmp_path)) for p in data_dir.rglob("*")}
     assert now - outside <= {"built.gpkg.tar"}
 

@@ -25,7 +25,7 @@ VENV_BIN = Path(__file__).parents[1] / ".venv" / "bin"
 
 
 def entry_for(node: FakeNode, info: gpkg.GpkgInfo) -> dict:
-    record = node.releases.entries.compute(info.sha256, node.receiver.store.path(info.sha256), logged(info))
+    record = node.storage.entries.compute(info.sha256, node.storage.store.path(info.sha256), logged(info))
     return pkgindex.index_entry(record, gentoo.gpkg_relpath(info.cpv, 1))
 
 

@@ -7,7 +7,6 @@ import itertools
 import os
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -24,7 +23,7 @@ def test_build_release_links_indexes_and_renames_atomically(node, tmp_path):
     info = store_gpkg(node, "app-misc/a-1.0")
     root = tmp_path / "releases"
     root.mkdir()
-    source = node.receiver.store.path(info.sha256)
+    source = node.storage.store.path(info.sha256)
     folder = releases.build_release(root, "r-1", 1234, [(source, "app-misc/a/a-1.0-1.gpkg.tar")],
                                     [entry_for(node, info)])
     assert sorted(p.name for p in root.iterdir()) == ["r-1"]
@@ -69,17 +68,17 @@ def test_relink_replaces_a_file_with_a_new_inode(tmp_path):
 # --- the component -------------------------------------------------------------------------
 
 @pytest.fixture
-def component(node):
-    store = node.receiver.store
+def component(node, monkeypatch):
+    store = node.storage.store
     asked: list[str] = []
 
     def has(sha: str) -> bool:
         asked.append(sha)
         return store.has(sha)
 
-    node.replicator = SimpleNamespace(has=has, path=store.path, corrupt=lambda sha, why: None, asked=asked)
-    comp = Releases(node)
-    node.releases = comp
+    monkeypatch.setattr(node.storage, "holds", has)  # held: whatever is in the store
+    node.asked = asked
+    comp = Releases(node, node.config, node.storage)
     yield node, comp
     comp.close()
 
@@ -127,9 +126,9 @@ def test_component_waits_for_every_file_and_serves_the_previous_release(componen
     step(node, comp, lambda: comp.serving == "r-1", "r-1")
     missing = store_gpkg(node, "app-misc/b-1.0")
     receive(node, missing)
-    node.receiver.store.path(missing.sha256).unlink()  # not fetched yet
+    node.storage.store.path(missing.sha256).unlink()  # not fetched yet
     node.queue.finalize("r-2", 1001.0, True)
-    asked = node.replicator.asked
+    asked = node.asked
     asked.clear()
     step(node, comp, lambda: asked.count(missing.sha256) >= 3, "the component to look for the file")
     assert comp.serving == "r-1" and releases.current_release(Path(node.config.data_dir)) == "r-1"
@@ -146,7 +145,7 @@ def test_staging_feed_lists_received_packages(component):
 
 def test_auto_finalize_releases_a_completed_batch_once(component):
     node, comp = component
-    node.config.auto_finalize = True
+    comp.auto_finalize = True
     receive(node, store_gpkg(node, "app-misc/a-1.0"))
     step(node, comp, lambda: comp.serving is not None, "auto_finalize and its release")
     receive(node, store_gpkg(node, "app-misc/b-1.0"))
@@ -184,7 +183,7 @@ def test_a_follower_renders_its_staging_feed_only_once_it_is_read(component):
     for _ in range(10):  # indexed, but nobody reads this follower's feed: no render
         at(node, comp, now)
         now += 0.2
-    assert node.releases.entries.get(info.sha256) is not None
+    assert node.storage.entries.get(info.sha256) is not None
     assert comp.staging_feed().paths == {}  # the first read: stale, and it starts the renders
     now = settle(node, comp, now, lambda: comp.staging.paths, "the feed, once read")
     assert list(comp.staging.paths.values()) == [info.sha256]
@@ -193,7 +192,7 @@ def test_a_follower_renders_its_staging_feed_only_once_it_is_read(component):
     for _ in range(10):
         at(node, comp, now)
         now += 0.2
-    assert node.releases.entries.get(other.sha256) is not None and len(comp.staging.paths) == 1
+    assert node.storage.entries.get(other.sha256) is not None and len(comp.staging.paths) == 1
     node.leader = True  # a new leader renders without being asked
     settle(node, comp, now, lambda: len(comp.staging.paths) == 2, "the new leader's feed")
 

@@ -28,15 +28,15 @@ def make_replicator(tmp_path):
     def make(name: str, orchestrators: tuple, leader: bool = False,
              scrub_interval: float = 600.0) -> tuple[FakeNode, Replicator]:
         node = FakeNode(name, tmp_path / name, orchestrators, leader=leader)
-        node.config.scrub_interval = scrub_interval
-        rep = Replicator(node)
-        node.replicator = rep
-        made.append(rep)
+        node.configure(scrub_interval=scrub_interval)
+        rep = Replicator(node, node.config, node.storage, relink=node.releases.relink)
+        made.append((node, rep))
         return node, rep
 
     yield make
-    for rep in made:
+    for node, rep in made:
         rep.close()
+        node.close()
 
 
 def test_verify_reports_intact_corrupt_and_missing_files(tmp_path):
@@ -57,7 +57,7 @@ def test_follower_fetches_received_files_and_commits_hold(holder, make_replicato
     node, rep = make_replicator("o2", (addr("o1", host.port), addr("o2", 1)))
     receive(node, info, holders=("o1",))
     rep.tick(time.monotonic())
-    wait_until(lambda: node.run_posted() or rep.has(info.sha256), 5, what="the fetch")
+    wait_until(lambda: node.run_posted() or node.storage.holds(info.sha256), 5, what="the fetch")
     wait_until(lambda: node.run_posted() or node.queue.holders(info.sha256) == ["o1", "o2"], 5, what="hold")
     assert ("hold", info.sha256, "o2") in node.commits
     rep.tick(time.monotonic() + 1)
@@ -70,7 +70,7 @@ def test_a_file_in_the_store_is_adopted_without_fetching(make_replicator):
     receive(node, info, holders=())
     rep.tick(time.monotonic())
     node.run_posted()
-    assert node.queue.holders(info.sha256) == ["o1"] and rep.has(info.sha256)
+    assert node.queue.holders(info.sha256) == ["o1"] and node.storage.holds(info.sha256)
 
 
 def test_leader_puts_a_file_nobody_serves_back_to_needed_after_the_grace(make_replicator, monkeypatch):
@@ -105,9 +105,9 @@ def test_corrupt_file_is_dropped_unheld_fetched_again_and_relinked(holder, make_
     src, host = holder
     info = store_gpkg(src, "app-misc/a-1.0")
     node, rep = make_replicator("o2", (addr("o1", host.port), addr("o2", 1)), scrub_interval=0.05)
-    path = node.receiver.store.path(info.sha256)
+    path = node.storage.store.path(info.sha256)
     path.parent.mkdir()
-    data = bytearray(src.receiver.store.path(info.sha256).read_bytes())
+    data = bytearray(src.storage.store.path(info.sha256).read_bytes())
     receive(node, info, holders=("o1", "o2"))
     data[2000] ^= 0x01
     path.write_bytes(bytes(data))
@@ -125,12 +125,15 @@ def test_corrupt_file_is_dropped_unheld_fetched_again_and_relinked(holder, make_
 def test_a_copy_cut_short_is_found_at_start_up_and_fetched_again(holder, tmp_path):
     src, host = holder
     info = store_gpkg(src, "app-misc/a-1.0")
-    node = FakeNode("o2", tmp_path / "o2", (addr("o1", host.port), addr("o2", 1)))
-    short = node.receiver.store.path(info.sha256)
+    peers = (addr("o1", host.port), addr("o2", 1))
+    before = FakeNode("o2", tmp_path / "o2", peers)
+    short = before.storage.store.path(info.sha256)
     short.parent.mkdir()
-    short.write_bytes(src.receiver.store.path(info.sha256).read_bytes()[:4000])  # a power loss after a fetch
+    short.write_bytes(src.storage.store.path(info.sha256).read_bytes()[:4000])  # a power loss after a fetch
+    before.close()
+    node = FakeNode("o2", tmp_path / "o2", peers)  # the restart: its storage finds the short copy
     receive(node, info, holders=("o1", "o2"))
-    rep = Replicator(node)
+    rep = Replicator(node, node.config, node.storage, relink=node.releases.relink)
     try:
         def repaired() -> bool:
             rep.tick(time.monotonic() + 10)
@@ -141,6 +144,7 @@ def test_a_copy_cut_short_is_found_at_start_up_and_fetched_again(holder, tmp_pat
         assert ("unhold", info.sha256, "o2") in node.commits
     finally:
         rep.close()
+        node.close()
 
 
 def test_files_nothing_refers_to_are_removed_once_old_enough(make_replicator):
@@ -149,21 +153,21 @@ def test_files_nothing_refers_to_are_removed_once_old_enough(make_replicator):
     receive(node, used, holders=("o1",))
     hour_ago = time.time() - 3600
     for info in (used, old):
-        os.utime(node.receiver.store.path(info.sha256), (hour_ago, hour_ago))
+        os.utime(node.storage.store.path(info.sha256), (hour_ago, hour_ago))
     rep.tick(time.monotonic())
     rep.tick(time.monotonic() + replication.GC_GRACE + 1)
     node.run_posted()
-    store = node.receiver.store
+    store = node.storage.store
     assert (store.has(used.sha256), store.has(old.sha256), store.has(young.sha256)) == (True, False, True)
-    assert ("unhold", old.sha256, "o1") in node.commits and not rep.has(old.sha256)
+    assert ("unhold", old.sha256, "o1") in node.commits and not node.storage.holds(old.sha256)
 
 
 def test_a_tick_looks_only_at_what_changed_and_rescans_after_a_reset(make_replicator, monkeypatch):
     node, rep = make_replicator("o1", (addr("o1", 1),), leader=True)
     rescans, stats = [], []
-    artifacts, has = node.queue.artifacts, node.receiver.store.has
+    artifacts, has = node.queue.artifacts, node.storage.store.has
     monkeypatch.setattr(node.queue, "artifacts", lambda: rescans.append(1) or artifacts())
-    monkeypatch.setattr(node.receiver.store, "has", lambda sha: stats.append(sha) or has(sha))
+    monkeypatch.setattr(node.storage.store, "has", lambda sha: stats.append(sha) or has(sha))
     old = [store_gpkg(node, f"app-misc/{n}-1.0") for n in ("a", "b")]
     for info in old:
         receive(node, info, holders=())
@@ -200,7 +204,7 @@ def test_pending_follows_holders_in_the_log(holder, make_replicator):
         return rep.pending == {}
 
     wait_until(settled, 10, what="the fetch and its hold")
-    assert rep.has(info.sha256) and node.queue.holders(info.sha256) == ["o1", "o2"]
+    assert node.storage.holds(info.sha256) and node.queue.holders(info.sha256) == ["o1", "o2"]
     node.queue.unhold(info.sha256, "o2")  # e.g. a late commit of an older unhold
     rep.tick(time.monotonic() + 20)
     assert ("hold", info.sha256, "o2") in node.commits[-1:]

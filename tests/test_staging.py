@@ -11,12 +11,12 @@ def test_stager_renders_what_render_packages_writes_and_each_file_once(node, mon
     made = []
     index_entry = pkgindex.index_entry
     monkeypatch.setattr(staging, "index_entry", lambda record, path: made.append(path) or index_entry(record, path))
-    entries, stager = node.releases.entries, staging.Stager(node.releases.entries)
+    entries, stager = node.storage.entries, staging.Stager(node.storage.entries)
 
     def add(n: int, chost: str | None = None) -> None:
         info = store_gpkg(node, f"app-misc/p{n}-1.0", seed=n)
         receive(node, info)
-        record = entries.compute(info.sha256, node.receiver.store.path(info.sha256), logged(info))
+        record = entries.compute(info.sha256, node.storage.store.path(info.sha256), logged(info))
         if chost is not None:
             record["metadata"]["CHOST"] = chost
 

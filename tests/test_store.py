@@ -15,10 +15,10 @@ from tests.fakes import store_gpkg
 def test_scan_store_finds_only_content_addressed_files(holder):
     node, _ = holder
     info = store_gpkg(node, "app-misc/a-1.0")
-    (node.receiver.store.root / "zz").mkdir()
-    (node.receiver.store.root / "zz" / ("f" * 64)).write_text("misplaced")
-    (node.receiver.store.tmp / "x.part").write_text("partial")
-    assert scan_store(node.receiver.store.root) == {info.sha256}
+    (node.storage.store.root / "zz").mkdir()
+    (node.storage.store.root / "zz" / ("f" * 64)).write_text("misplaced")
+    (node.storage.store.tmp / "x.part").write_text("partial")
+    assert scan_store(node.storage.store.root) == {info.sha256}
 
 
 def test_uploads_validated_during_a_sync_share_the_next_one(tmp_path, monkeypatch):
