@@ -24,7 +24,10 @@ from swarmmesh.releases import check_release_id, new_release_id
 log = logging.getLogger(__name__)
 
 COMMIT_TIMEOUT = 10.0
-READ_OPS = {"status", "releases"}
+#: Answered by any orchestrator from its own applied state. `view` is `swarm` as this node
+#: applied it (the chaos checks compare each follower's queue with the leader's, not only the
+#: fingerprint each reports about itself); `swarm` itself stays the leader's.
+READ_OPS = {"status", "releases", "view"}
 
 
 #: `balance(reply)`: the broker's; `reply(result)` runs once the requeue is committed.
@@ -47,7 +50,7 @@ class Control(Component):
         self._serving = serving
         self._pending: dict[str, tuple[bytes, float]] = {}
         self._ops: dict[str, Callable[[bytes, Request], None]] = {
-            "status": self._status, "swarm": self._swarm, "submit": self._submit,
+            "status": self._status, "swarm": self._swarm, "view": self._swarm, "submit": self._submit,
             "finalize": self._finalize, "balance": self._balance, "unblock": self._unblock,
             "reset": self._reset, "releases": self._releases, "rollback": self._rollback,
         }
@@ -118,7 +121,7 @@ class Control(Component):
 
     def _swarm(self, identity: bytes, req: Request) -> None:
         snap = self.node.read(lambda q: q.snapshot())
-        snap["leader"], snap["term"] = self.node.name, self.node.term
+        snap["node"], snap["leader"], snap["term"] = self.node.name, self.node.leader_name(), self.node.term
         self._ok(identity, req, snap)
 
     def _submit(self, identity: bytes, req: Request) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from swarmmesh.control import _client_from, _deps_from, _finalize_shape, _refs_from, _unblock_key
+from swarmmesh.control import Control, _client_from, _deps_from, _finalize_shape, _refs_from, _unblock_key
 from swarmmesh.errors import BadAtomsError, InputError
+from swarmmesh.protocol import Reply, Request
+from tests.fakes import FakeNode
 
 
 def test_refs_from_text_and_lists():
@@ -54,3 +56,17 @@ def test_refused_finalize_says_how_many():
     ok, code, error, value = _finalize_shape({"ok": False, "code": "refused", "needed": 3, "delegated": 2})
     assert not ok and code == "refused" and "3 package(s) still needed and 2 being built" in error
     assert value == {"needed": 3, "delegated": 2}
+
+
+def test_a_follower_shows_its_own_view_but_sends_swarm_to_the_leader(tmp_path):
+    """`view` is how the chaos checks compare each node's applied queue; `swarm` stays the leader's."""
+    node = FakeNode("o2", tmp_path / "o2")  # a follower of o1
+    control = Control(node, node.config, fingerprint=lambda: "f", dispatch_new=lambda keys, deps: None,
+                      balance=lambda reply: None, serving=lambda: None)
+    control.handle(b"c", Request(op="view", req_id="1"))
+    control.handle(b"c", Request(op="swarm", req_id="2"))
+    (_, view), (_, swarm) = node.sent
+    assert isinstance(view, Reply) and isinstance(swarm, Reply)
+    assert view.ok and (view.result["node"], view.result["leader"], view.result["term"]) == ("o2", "o1", 1)
+    assert view.result["counts"]["total"] == 0
+    assert (swarm.ok, swarm.code, swarm.leader) == (False, "not_leader", "o1")

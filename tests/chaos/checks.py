@@ -1,8 +1,11 @@
 """Invariant checkers: pure functions from the evidence of a finished run to verdicts.
 
-Each check returns one `Verdict`. Only VIOLATED fails a run. A check whose feature does not
-exist yet (the release index served by every binhost) says "not yet available" rather than
-"passed", and a leak that breaks no invariant of the issue is reported as a WARNING.
+Each check returns one `Verdict`. Only VIOLATED fails a run (WARNING is for what breaks no
+invariant; none does now). Why every check that cannot see its evidence fails rather than
+passes: issue 19 found a cluster serving no release at all reported "OK" because the release
+check called a 404 "not yet available" and that switched the index-membership check off. So a
+binhost that serves nothing, a holder the state lists that lacks the file, a follower whose
+applied queue differs from the leader's, and a drone leaking job directories are violations.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ if TYPE_CHECKING:
     from tests.chaos.evidence import Evidence
     from tests.chaos.workload import Submission
 
-PASSED, VIOLATED, WARNING, UNAVAILABLE, SKIPPED = "passed", "VIOLATED", "WARNING", "not yet available", "skipped"
+PASSED, VIOLATED, WARNING, SKIPPED = "passed", "VIOLATED", "WARNING", "skipped"
 MAX_DETAILS = 20
 
 _LEADING = re.compile(r" (\S+)\[\d+\] swarmmesh\.orchestrator: leading in term (\d+)")
@@ -45,9 +48,9 @@ def verdict(name: str, problems: list[str], status: str = VIOLATED) -> Verdict:
 
 def run_all(ev: Evidence, submissions: list[Submission]) -> list[Verdict]:
     return [check_submissions(ev, submissions), check_settled(ev), check_no_silent_block(ev), check_exactly_once(ev),
-            check_converged(ev), check_one_leader_per_term(ev), check_release_index(ev),
-            check_store(ev), check_drones_deleted_after_commit(ev), check_drones_hold_nothing(ev),
-            check_orphans(ev)]
+            check_release_count(ev, submissions), check_converged(ev), check_views_agree(ev),
+            check_one_leader_per_term(ev), check_release_index(ev), check_store(ev), check_replication(ev),
+            check_drones_deleted_after_commit(ev), check_drones_hold_nothing(ev), check_orphans(ev)]
 
 
 # --- the queue ---------------------------------------------------------------------------------
@@ -113,34 +116,79 @@ def check_exactly_once(ev: Evidence) -> Verdict:
     """Received or failed with a reason, never both; the release holds every received one once."""
     pkgs = packages(ev)
     problems = [f"{k} failed without a reason" for k, p in pkgs.items() if p["state"] == "failed" and not p["error"]]
-    release = next((r for r in ev.snapshot.get("releases", []) if r["id"] == ev.release_id), None)
-    received = sorted(k for k, p in pkgs.items() if p["state"] == "received")
-    if release is None:
+    if _release(ev) is None:
         problems.append(f"release {ev.release_id} is not in the state")
-    elif ev.settled and release["count"] != len(received):
-        problems.append(f"release {release['id']} holds {release['count']} packages, the state received "
-                        f"{len(received)}")
     problems += _index_membership(ev, pkgs)
     return verdict("each package received exactly once in the release or failed with a reason, not both",
                    problems)
 
 
+def _release(ev: Evidence) -> dict | None:
+    return next((r for r in ev.snapshot.get("releases", []) if r["id"] == ev.release_id), None)
+
+
+def served_indexes(ev: Evidence) -> dict[bytes, list[str]]:
+    """Each distinct Packages an orchestrator serves -> the nodes serving it."""
+    out: dict[bytes, list[str]] = defaultdict(list)
+    for node, index in sorted(ev.indexes.items()):
+        if isinstance(index, bytes):
+            out[index].append(node)
+    return out
+
+
 def _index_membership(ev: Evidence, pkgs: dict[str, dict]) -> list[str]:
-    """With a served index: received CPVs appear once, failed ones never."""
-    index = next((i for i in ev.indexes.values() if isinstance(i, bytes)), None)
-    if index is None:
-        return []
+    """In every served index: received CPVs appear once, failed ones never. Always runs: with no
+    index served, the membership of the release is unknown, and that is a violation."""
+    served = served_indexes(ev)
+    if not served:
+        return ["no orchestrator serves a Packages index: the release's membership cannot be checked"]
+    by_cpv = {p["cpv"]: p for p in pkgs.values()}
+    problems = []
+    for index, nodes in served.items():
+        where = f" (served by {', '.join(nodes)})"
+        seen = index_cpvs(index)
+        problems += [f"{cpv} is listed {n} times in Packages{where}" for cpv, n in seen.items() if n > 1]
+        problems += [f"{cpv} is in Packages{where} but {by_cpv[cpv]['state'] if cpv in by_cpv else 'not in the state'}"
+                     for cpv in seen if by_cpv.get(cpv, {}).get("state") != "received"]
+        if ev.settled:  # else the release was forced and later receipts are rightly missing from it
+            problems += [f"{p['cpv']} was received but is not in Packages{where}" for p in pkgs.values()
+                         if p["state"] == "received" and p["cpv"] not in seen]
+    return problems
+
+
+def index_cpvs(index: bytes) -> dict[str, int]:
+    """CPV -> how many entries of the index list it."""
     seen: dict[str, int] = defaultdict(int)
     for entry in index_entries(index):
         seen[entry.get("CPV", "?")] += 1
-    by_cpv = {p["cpv"]: p for p in pkgs.values()}
-    problems = [f"{cpv} is listed {n} times in Packages" for cpv, n in seen.items() if n > 1]
-    problems += [f"{cpv} is in Packages but {by_cpv[cpv]['state'] if cpv in by_cpv else 'not in the state'}"
-                 for cpv in seen if by_cpv.get(cpv, {}).get("state") != "received"]
-    if ev.settled:  # else the release was forced and later receipts are rightly missing from it
-        problems += [f"{p['cpv']} was received but is not in Packages" for p in pkgs.values()
-                     if p["state"] == "received" and p["cpv"] not in seen]
-    return problems
+    return seen
+
+
+def check_release_count(ev: Evidence, submissions: list[Submission]) -> Verdict:
+    """The release is judged against what the clients sent, not against the snapshot it was
+    made from: it lists only submitted packages, every acknowledged package is either in it or
+    failed with a reason, and its count is the number of entries the binhosts serve."""
+    asked = {a.lstrip("=") for s in submissions for a in s.batch.packages}
+    acked = {a.lstrip("=") for s in submissions if s.batch_id is not None for a in s.batch.packages}
+    failed = {k for k, p in packages(ev).items() if p["state"] == "failed"}
+    release, problems = _release(ev), []
+    if release is None:
+        problems.append(f"release {ev.release_id} is not in the state: nothing to count")
+    for index, nodes in served_indexes(ev).items():
+        listed = set(index_cpvs(index))
+        where = f"the Packages of {', '.join(nodes)}"
+        problems += [f"{cpv} is in {where} but no client submitted it" for cpv in sorted(listed - asked)]
+        if release is not None and release["count"] != len(index_entries(index)):
+            problems.append(f"release {release['id']} counts {release['count']} packages, {where} lists "
+                            f"{len(index_entries(index))}")
+        if ev.settled:
+            missing = sorted(acked - listed - failed)
+            problems += [f"{k} was submitted and acknowledged but is neither in {where} nor failed" for k in missing]
+    low, high = len(acked - failed), len(asked - failed)  # a batch never acked may still have committed
+    if release is not None and ev.settled and not low <= release["count"] <= high:
+        problems.append(f"release {release['id']} counts {release['count']} packages; the clients submitted "
+                        f"{high} that did not fail ({low} of them acknowledged)")
+    return verdict("the release holds what the clients submitted, less what failed", problems)
 
 
 def check_converged(ev: Evidence) -> Verdict:
@@ -148,6 +196,40 @@ def check_converged(ev: Evidence) -> Verdict:
     problems = [] if len(prints) == 1 and None not in prints else [
         f"{n}: {f[:16] if f else 'no answer'}" for n, f in sorted(ev.fingerprints.items())]
     return verdict("every orchestrator applied the same state (equal fingerprints)", problems)
+
+
+def check_views_agree(ev: Evidence) -> Verdict:
+    """Each follower's own view of the queue (counts by state, the received builds and their
+    artifacts) equals the leader's: a follower that applied something else but reports the
+    leader's fingerprint (or computes it wrongly) is caught here, not by the fingerprints."""
+    leader = ev.snapshot.get("leader")
+    ref = ev.views.get(leader) if isinstance(leader, str) else None
+    if not isinstance(ref, dict):
+        return verdict("every follower's queue view equals the leader's",
+                       [f"the leader {leader!r} gave no view of its own ({ref or 'not asked'}): this check is blind"])
+    want_counts, want = ref.get("counts"), received_builds(ref)
+    problems = []
+    for node, view in sorted(ev.views.items()):
+        if node == leader:
+            continue
+        if not isinstance(view, dict):
+            problems.append(f"{node}: {view}")
+            continue
+        if view.get("counts") != want_counts:
+            problems.append(f"{node} counts {view.get('counts')}, the leader {leader} {want_counts}")
+        got = received_builds(view)
+        problems += [f"{node} has {k} received (sha256 {str(sha)[:12]}), the leader {leader} does not"
+                     for k, sha in sorted(got - want, key=str)]
+        problems += [f"{node} lacks {k} received (sha256 {str(sha)[:12]}) that the leader {leader} has"
+                     for k, sha in sorted(want - got, key=str)]
+    if len(ev.views) < 2:
+        problems.append(f"only {len(ev.views)} view(s) collected: no follower to compare")
+    return verdict("every follower's queue view equals the leader's", problems)
+
+
+def received_builds(view: dict) -> set[tuple[str, str | None]]:
+    """(key, sha256) of every received package in one node's view."""
+    return {(p["key"], p.get("sha256")) for p in view.get("packages", []) if p.get("state") == "received"}
 
 
 # --- terms -------------------------------------------------------------------------------------
@@ -185,18 +267,28 @@ def check_one_leader_per_term(ev: Evidence) -> Verdict:
 
 
 def check_release_index(ev: Evidence) -> Verdict:
-    """Every orchestrator serves a byte-identical Packages, every listed file matching it."""
-    name = "every orchestrator serves the same Packages; every file matches SIZE/MD5/SHA1"
-    served = {n: i for n, i in ev.indexes.items() if isinstance(i, bytes)}
-    if not served:
-        why = "; ".join(f"{n}: {i}" for n, i in sorted(ev.indexes.items()))
-        return Verdict(name, UNAVAILABLE, [f"GET <binhost_url>Packages answers no node ({why})"])
+    """After the final finalize, every orchestrator serves that release: a byte-identical
+    Packages (and Packages.gz of the same content, which clients read first), every listed file
+    matching its SIZE/MD5/SHA1. A binhost that answers nothing (404, refused) at the end of the
+    bounded wait is a violation, never "not available"."""
+    name = "every orchestrator serves the final release: the same Packages; every file matches SIZE/MD5/SHA1"
+    if ev.release_id is None:
+        return verdict(name, ["no release was finalized: there is nothing every binhost must serve"])
     problems = [f"{n} serves no Packages ({i})" for n, i in sorted(ev.indexes.items()) if isinstance(i, str)]
-    if len(set(served.values())) > 1:
+    if not ev.indexes:
+        problems.append("no orchestrator's binhost was asked for Packages: this check is blind")
+    problems += [f"{n} serves release {ev.serving.get(n)}, not the final {ev.release_id}"
+                 for n in sorted(ev.indexes) if ev.serving.get(n) != ev.release_id]
+    served = served_indexes(ev)
+    if len(served) > 1:
         problems.append("the Packages files differ: " + ", ".join(
-            f"{n} {len(i)} bytes" for n, i in sorted(served.items())))
-    for node, index in sorted(served.items()):
-        problems += _file_mismatches(node, index, ev.served.get(node, {}))
+            f"{'/'.join(nodes)} {len(i)} bytes" for i, nodes in served.items()))
+    for node, index in sorted(ev.indexes.items()):
+        if isinstance(index, bytes):
+            gz = ev.gz.get(node, "not fetched")
+            if gz != index:
+                problems.append(f"{node}: Packages.gz {gz if isinstance(gz, str) else 'differs from Packages'}")
+            problems += _file_mismatches(node, index, ev.served.get(node, {}))
     return verdict(name, problems)
 
 
@@ -252,10 +344,43 @@ def check_store(ev: Evidence) -> Verdict:
                    problems)
 
 
-def _files(ev: Evidence) -> list[tuple[str, str, str, str]]:
-    """(node, path in the store, sha256 name, sha1 of the content), files of a release excluded:
-    a release keeps its files even after their package is received again."""
-    released = {e.get("SHA1") for i in ev.indexes.values() if isinstance(i, bytes) for e in index_entries(i)}
+def check_replication(ev: Evidence) -> Verdict:
+    """Every received artifact is held, intact, by every orchestrator the state lists as its
+    holder, and by a majority at least: "received" means "on a majority", not "somewhere"."""
+    nodes = ev.orchestrators
+    majority = len(nodes) // 2 + 1
+    problems = []
+    for key, pkg in sorted(packages(ev).items()):
+        if pkg["state"] != "received":
+            continue
+        sha, holders = pkg.get("sha256"), pkg.get("holders")
+        if not isinstance(sha, str) or not isinstance(holders, list):
+            problems.append(f"{key} is received but the state shows no sha256 and holders: this check is blind")
+            continue
+        intact = {n for n in nodes if ev.stores.get(n, {}).get(f"{sha[:2]}/{sha}", ("",))[0] == sha}
+        for holder in sorted(holders):
+            if holder not in intact:
+                got = ev.stores.get(holder, {}).get(f"{sha[:2]}/{sha}")
+                why = "does not have it" if got is None else f"holds a copy hashing to {got[0][:16]}"
+                problems.append(f"{key}: the state lists {holder} as a holder of {sha[:12]}, but {holder} {why}")
+        if len(holders) < majority:
+            problems.append(f"{key}: {len(holders)} holder(s) listed ({', '.join(holders) or 'none'}), "
+                            f"fewer than a majority of {majority}")
+        if len(intact) < majority:
+            problems.append(f"{key}: {sha[:12]} is intact on {len(intact)} of {len(nodes)} orchestrators "
+                            f"({', '.join(sorted(intact)) or 'none'}), fewer than a majority")
+    return verdict("every received artifact is intact on each listed holder, and on a majority", problems)
+
+
+def _logged_keys(prefixes: dict[str, set[str]], name: str) -> set[str]:
+    return prefixes.get(name[:12], set()) if _SHA256.fullmatch(name) else set()
+
+
+def _files(ev: Evidence, with_released: bool = False) -> list[tuple[str, str, str, str]]:
+    """(node, path in the store, sha256 name, sha1 of the content), files of a release excluded
+    unless asked: a release keeps its files even after their package is received again."""
+    released = set() if with_released else {
+        e.get("SHA1") for i in ev.indexes.values() if isinstance(i, bytes) for e in index_entries(i)}
     return [(n, f, f.rsplit("/", 1)[-1], sha1) for n, files in sorted(ev.stores.items())
             for f, (_, sha1) in sorted(files.items()) if sha1 not in released]
 
@@ -275,11 +400,13 @@ def _by_logs(ev: Evidence) -> tuple[list[str], dict[str, set[str]]]:
     pkgs, prefixes = packages(ev), received_prefixes(ev.logs)
     strays, held = [], defaultdict(set)
     per_key: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for node, _f, name, _ in _files(ev, with_released=True):
+        for key in _logged_keys(prefixes, name):
+            held[key].add(node)
     for node, f, name, _ in _files(ev):
-        keys = prefixes.get(name[:12], set()) if _SHA256.fullmatch(name) else set()
+        keys = _logged_keys(prefixes, name)
         for key in keys:
             per_key[(node, key)].append(name)
-            held[key].add(node)
         if not any(pkgs.get(k, {}).get("state") == "received" for k in keys):
             strays.append(f"{node}: store/{f} belongs to no received package{_hint(ev, name)}")
     strays += [f"{node}: {len(shas)} artifacts of {key} in the store, the state keeps one: "
@@ -347,10 +474,11 @@ def check_drones_hold_nothing(ev: Evidence) -> Verdict:
 
 
 def check_orphans(ev: Evidence) -> Verdict:
-    """Work dirs of SIGKILLed drone processes that the restarted drone never cleans up: a disk
-    leak, not a lost package (the leader re-queues the job), hence a warning."""
+    """Work dirs of SIGKILLed drone processes that the restarted drone never cleans up. No
+    package is lost (the leader re-queues the job), but a drone that leaks a directory per
+    restart fills its disk: the drone clears them at start, so one left is a violation."""
     keys = list(packages(ev))
     problems = [f"{drone}: work/{d} ({job_key(d, keys)}) {'with its artifact' if ev.drone_dirs[drone][d] else ''}"
                 for drone, dirs in sorted(ev.orphans.items()) for d in sorted(dirs)
                 if d in ev.drone_dirs.get(drone, {})]
-    return verdict("job directories of killed drone processes are cleaned up", problems, status=WARNING)
+    return verdict("job directories of killed drone processes are cleaned up", problems)

@@ -7,7 +7,9 @@ can be tested on made-up evidence.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import json
 import logging
 import os
 import urllib.error
@@ -39,6 +41,13 @@ class Evidence:
     orphans: dict[str, set[str]] = field(default_factory=dict)    # drone -> dirs left by killed processes
     indexes: dict[str, bytes | str] = field(default_factory=dict)  # orch -> Packages, or why not
     served: dict[str, dict[str, tuple[int, str, str] | str]] = field(default_factory=dict)
+    gz: dict[str, bytes | str] = field(default_factory=dict)       # orch -> Packages.gz unpacked, or why not
+    serving: dict[str, str | None] = field(default_factory=dict)   # orch -> release its binhost says it serves
+    views: dict[str, dict | str] = field(default_factory=dict)     # orch -> its own /swarm view, or why none
+
+    @property
+    def orchestrators(self) -> list[str]:
+        return sorted(set(self.stores) | set(self.indexes) | set(self.views))
 
 
 def fingerprints(c: LocalCluster) -> dict[str, str | None]:
@@ -51,14 +60,24 @@ def fingerprints(c: LocalCluster) -> dict[str, str | None]:
     return out
 
 
+def view(c: LocalCluster, name: str) -> dict | str:
+    """The queue as this orchestrator itself applied it (any node answers `view`)."""
+    try:
+        return c.ask(name, "view", timeout=10.0)
+    except ClusterError as exc:
+        return f"no answer ({exc})"
+
+
 def gather(c: LocalCluster, inj: Injector, snapshot: dict, settled: bool, release_id: str | None,
            deps: dict[str, list[str]]) -> Evidence:
     ev = Evidence(snapshot, fingerprints(c), settled, release_id, deps)
     for path in sorted((c.dir / "logs").glob("*.log")):
         ev.logs[path.stem] = path.read_text(errors="replace")
     for name in c.orchestrators:
+        ev.views[name] = view(c, name)
         ev.stores[name], ev.tmp[name] = _store_files(c.configs[name].data_dir / "store")
-        ev.indexes[name] = fetch(c.configs[name].me().binhost_url + "Packages")
+        base = c.configs[name].me().binhost_url
+        ev.indexes[name], ev.gz[name], ev.serving[name] = fetch(base + "Packages"), fetch_gz(base), serving(base)
     for drone in c.drones:
         work = inj.work_dir(drone)
         ev.drone_dirs[drone] = {d: has_artifact(work / d) for d in sorted(job_dirs(work))}
@@ -104,6 +123,29 @@ def fetch(url: str) -> bytes | str:
         return f"HTTP {exc.code}"
     except (urllib.error.URLError, OSError) as exc:
         return f"unreachable ({getattr(exc, 'reason', exc)})"
+
+
+def fetch_gz(base: str) -> bytes | str:
+    """Packages.gz unpacked (clients read it first), or why there is none."""
+    body = fetch(base + "Packages.gz")
+    if isinstance(body, str):
+        return body
+    try:
+        return gzip.decompress(body)
+    except (OSError, EOFError) as exc:
+        return f"not gzip ({exc})"
+
+
+def serving(base: str) -> str | None:
+    """The release id a binhost says it serves (`GET /release`); a reason in brackets if none."""
+    body = fetch(base + "release")
+    if isinstance(body, str):
+        return f"<{body}>"
+    try:
+        got = json.loads(body).get("serving")
+    except (ValueError, AttributeError) as exc:
+        return f"<bad /release answer: {exc}>"
+    return got if isinstance(got, str) or got is None else f"<bad /release answer: {got!r}>"
 
 
 def _served(base: str, index: bytes) -> dict[str, tuple[int, str, str] | str]:

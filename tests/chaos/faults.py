@@ -28,6 +28,7 @@ from tests.chaos.netns import Loopback
 log = logging.getLogger(__name__)
 
 LEADER_WAIT = 15.0
+POWER_WAIT = 30.0    # a power loss waits this long for every orchestrator to be up
 DRONE_WAIT = 20.0
 ARTIFACT_GLOB = "*.gpkg.tar"
 T = TypeVar("T")
@@ -113,13 +114,30 @@ class Injector:
         self._later(rec, "restart", victim)
 
     def _power_loss(self, rec: Record) -> None:
+        """Every orchestrator at once: first wait (bounded, ending earlier faults on time) until
+        all of them run. If one is still down at the deadline, what hits the others is recorded
+        as what it was (a partial power loss), never as a power loss."""
+        if self._down_orchestrators():
+            try:
+                self._await(lambda: not self._down_orchestrators(), POWER_WAIT, "every orchestrator up")
+            except TimeoutError as exc:
+                log.warning("power loss: %s; injecting it on the survivors as a partial power loss", exc)
         self._leader(rec)
         victims = [n for n in self.c.orchestrators if n not in self.down]
+        already = self._down_orchestrators()
         self._kill(victims)
         self.paused.difference_update(victims)
-        rec.target = "all orchestrators: " + ", ".join(victims)
+        if already:
+            rec.kind = p.PARTIAL_POWER_LOSS
+            rec.target = (f"{len(victims)} of {len(self.c.orchestrators)} orchestrators: {', '.join(victims)} "
+                          f"({', '.join(already)} already down)")
+        else:
+            rec.target = "all orchestrators: " + ", ".join(victims)
         for name in victims:
             self._later(rec, "restart", name)
+
+    def _down_orchestrators(self) -> list[str]:
+        return [n for n in self.c.orchestrators if n in self.down]
 
     def _pause_leader(self, rec: Record) -> None:
         leader = self._leader(rec)

@@ -19,8 +19,11 @@ PAUSE_LEADER = "pause_leader"
 PARTITION_LEADER = "partition_leader"
 KINDS = (KILL_LEADER, KILL_FOLLOWER, KILL_DRONE_BUILD, KILL_DRONE_UPLOAD, POWER_LOSS, PAUSE_LEADER,
          PARTITION_LEADER)
+#: Never planned: what a planned power loss is recorded as when an orchestrator was still down
+#: (faults.Injector._power_loss), so a run never counts two of three as a power loss.
+PARTIAL_POWER_LOSS = "partial_power_loss"
 #: Faults after which the cluster has to find a leader again (recovery is measured for these).
-LEADER_LOSS = (KILL_LEADER, POWER_LOSS, PAUSE_LEADER, PARTITION_LEADER)
+LEADER_LOSS = (KILL_LEADER, POWER_LOSS, PARTIAL_POWER_LOSS, PAUSE_LEADER, PARTITION_LEADER)
 
 #: Every run has at least these: the leader is killed several times, everything else once.
 MANDATORY = (KILL_LEADER, KILL_LEADER, KILL_LEADER, KILL_FOLLOWER, KILL_DRONE_BUILD, KILL_DRONE_UPLOAD,

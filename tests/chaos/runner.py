@@ -161,7 +161,7 @@ def _wind_down(run: Run, settle_timeout: float) -> tuple[bool, str | None]:
     counts = _counts(c)
     release = _finalize(c, force=counts["needed"] + counts["delegated"] + counts["failed"] > 0)
     _wait(c.converged, CONVERGE_TIMEOUT, "every orchestrator to apply the release")
-    _wait_for_binhosts(c)
+    _wait_for_binhosts(c, release)
     if settled:
         _wait(lambda: not _live_job_dirs(inj), QUIET_TIMEOUT, "drones to clear their work dirs")
     return settled, release
@@ -244,19 +244,20 @@ def _finalize(c: LocalCluster, force: bool) -> str | None:
     return release
 
 
-def _wait_for_binhosts(c: LocalCluster) -> None:
-    """Where the binhost exists (it answers, even 404), give every orchestrator a bounded time
-    to serve the same Packages; where nothing listens the check reports "not yet available"."""
-    def indexes() -> list:
-        return [evidence.fetch(c.configs[n].me().binhost_url + "Packages") for n in c.orchestrators]
-
-    if all(isinstance(i, str) and i.startswith("unreachable") for i in indexes()):
+def _wait_for_binhosts(c: LocalCluster, release: str | None) -> None:
+    """Give every orchestrator a bounded time to serve the final release (the same Packages,
+    and `/release` naming it); whatever it serves at the deadline is what the checks judge."""
+    if release is None:
         return
-    def same() -> bool:
-        got = indexes()
+
+    def serving() -> bool:
+        bases = [c.configs[n].me().binhost_url for n in c.orchestrators]
+        if any(evidence.serving(b) != release for b in bases):
+            return False
+        got = [evidence.fetch(b + "Packages") for b in bases]
         return all(isinstance(i, bytes) for i in got) and len(set(got)) == 1
 
-    _wait(same, CONVERGE_TIMEOUT, "every binhost to serve the same Packages")
+    _wait(serving, CONVERGE_TIMEOUT, f"every binhost to serve release {release}", interval=0.5)
 
 
 def _live_job_dirs(inj: Injector) -> list[str]:
