@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,9 @@ import pytest
 from swarmmesh import harness
 
 T = TypeVar("T")
+#: Set to 1 by .ci/run where real Portage can run (../shared/gentoo-prefix, as root): there a
+#: test marked `portage` that skips fails instead, so CI cannot go green without Portage's word.
+REQUIRE_PORTAGE = "SWARMMESH_REQUIRE_PORTAGE"
 
 
 def wait_until(predicate: Callable[[], T], timeout: float, interval: float = 0.02, what: str = "") -> T:
@@ -67,5 +71,20 @@ def holder(tmp_path):
 def pytest_runtest_makereport(item, call):
     """Keep each phase's report on the item so fixtures can print node logs on failure."""
     rep = yield
+    fail_a_required_skip(item, rep)
     setattr(item, f"rep_{rep.when}", rep)
     return rep
+
+
+def fail_a_required_skip(item: pytest.Item, rep: pytest.TestReport) -> None:
+    """A `portage` test's skip becomes a failure when $SWARMMESH_REQUIRE_PORTAGE is 1 (issue 19:
+    a silent skip hid that the real-Portage tests never ran)."""
+    if not rep.skipped or hasattr(rep, "wasxfail") or item.get_closest_marker("portage") is None:
+        return
+    if os.environ.get(REQUIRE_PORTAGE) != "1":
+        return
+    reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    rep.outcome = "failed"
+    rep.longrepr = (f"{item.nodeid} needs real Portage and skipped ({reason}), but {REQUIRE_PORTAGE}=1 says "
+                    "it runs on this machine: fix what the reason names (or unset it where Portage cannot run)")

@@ -262,6 +262,7 @@ def real_emerge(prefix):
                                       env={"PORTAGE_BIN": str(PORTAGE_BIN)}, timeout_seconds=300.0))
 
 
+@pytest.mark.portage
 @pytest.mark.slow
 def test_real_emerge_builds_hello(real_emerge, tmp_path):
     result = real_emerge.build("test-cat/hello-1.0", None, tmp_path, threading.Event())
@@ -270,6 +271,7 @@ def test_real_emerge_builds_hello(real_emerge, tmp_path):
     assert gpkg.inspect_gpkg(result.path, expect_cpv="test-cat/hello-1.0").cpv == "test-cat/hello-1.0"
 
 
+@pytest.mark.portage
 @pytest.mark.slow
 def test_real_emerge_failure_carries_the_log_tail(real_emerge, tmp_path):
     result = real_emerge.build("test-cat/broken-1.0", "test", tmp_path, threading.Event())
@@ -293,6 +295,7 @@ def build_processes(pkgdir: Path) -> dict[int, str]:
     return found
 
 
+@pytest.mark.portage
 @pytest.mark.slow
 def test_real_emerge_cancel_kills_the_build_quickly(real_emerge, tmp_path):
     cancel = threading.Event()

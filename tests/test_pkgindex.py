@@ -111,6 +111,7 @@ def _prefix_ready() -> str | None:
     return f"missing {missing}" if missing else None
 
 
+@pytest.mark.portage
 @pytest.mark.slow
 @pytest.mark.skipif(_prefix_ready() is not None, reason=str(_prefix_ready()))
 def test_real_portage_build_and_binhost_index_agree(tmp_path: Path) -> None:

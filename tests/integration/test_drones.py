@@ -268,6 +268,7 @@ def prefix(tmp_path_factory):
     return root
 
 
+@pytest.mark.portage
 @pytest.mark.timeout(300)
 def test_emerge_drone_builds_real_packages_and_a_broken_one_fails_with_its_log(make_cluster, prefix):
     emerge = {"command_prefix": [str(PREFIX_TOOL), "run", str(prefix)], "env": {"PORTAGE_BIN": str(PORTAGE_BIN)},

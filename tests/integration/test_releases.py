@@ -187,6 +187,7 @@ def install(consumer: Path, url: str, atom: str) -> None:
     prefix("run", str(consumer), "emerge", "--getbinpkg", "--usepkgonly", "--oneshot", "--quiet", atom)
 
 
+@pytest.mark.portage
 def test_portage_installs_from_the_binhost_before_and_after_a_leader_dies(make_cluster, tmp_path):
     builder = tmp_path / "builder"
     prefix("builder", str(builder))
