@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
+import select
+import socket
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 
 import pytest
 
@@ -12,6 +18,7 @@ from swarmmesh.errors import BadAtomsError, InputError
 from tests.integration.conftest import swarmmesh
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+log = logging.getLogger(__name__)
 
 
 def _post(url: str, body: bytes, ctype: str = "text/plain") -> tuple[int, dict]:
@@ -61,15 +68,68 @@ def test_malformed_bodies(cluster, body, ctype, status, needle):
     assert _total(cluster) == 0
 
 
-def test_fifty_megabyte_body_is_refused(cluster):
-    body = b"=app-misc/big-1.0\n" * (50 * 1024 * 1024 // 18)
+class Dropped(AssertionError):
+    """The gateway closed the connection without an HTTP answer (what a 413 must not look like)."""
+
+
+def _upload(url: str, head: bytes, chunks: Iterator[bytes]) -> tuple[int, dict]:
+    """POST /build over a raw socket: the headers, then body chunks until the gateway answers
+    (it may refuse before the body ends), then that answer. Raises Dropped if none comes, so a
+    refused body (413) is told apart from a dropped connection, which urllib cannot do."""
+    host, port = urllib.parse.urlsplit(url).hostname, urllib.parse.urlsplit(url).port
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(b"POST /build HTTP/1.1\r\nHost: gateway\r\nContent-Type: text/plain\r\n" + head + b"\r\n")
+        for chunk in chunks:
+            if select.select([sock], [], [], 0)[0]:
+                break  # answered before the body ended
+            try:
+                sock.sendall(chunk)
+            except OSError as exc:  # refused mid-body: the answer must still be readable
+                log.info("upload stopped: %s", exc)
+                break
+        return _read_answer(sock)
+
+
+def _read_answer(sock: socket.socket) -> tuple[int, dict]:
+    data = b""
     try:
-        status, data = _post(cluster.gateway_url, body)
-    except (ConnectionError, urllib.error.URLError):
-        status, data = 413, {"error": "connection closed while sending"}  # refused mid-upload
-    assert status == 413, data
+        while b"\r\n\r\n" not in data:
+            got = sock.recv(65536)
+            if not got:
+                raise Dropped(f"the gateway closed the connection after {len(data)} bytes of answer")
+            data += got
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(re.search(rb"(?im)^content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+        while len(body) < length:
+            got = sock.recv(65536)
+            if not got:
+                raise Dropped(f"the gateway closed the connection {length - len(body)} bytes into its answer")
+            body += got
+    except ConnectionError as exc:
+        raise Dropped(f"the connection was reset instead of answered: {exc}") from None
+    return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+def _fifty_megabytes(chunk: bytes = b"=app-misc/big-1.0\n" * 4096) -> Iterator[bytes]:
+    for _ in range(50 * 1024 * 1024 // len(chunk)):
+        yield chunk
+
+
+def test_a_declared_fifty_megabyte_body_is_refused_with_413(cluster):
+    length = 50 * 1024 * 1024 // 18 * 18
+    status, data = _upload(cluster.gateway_url, f"Content-Length: {length}\r\n".encode(), _fifty_megabytes())
+    assert (status, data["code"]) == (413, "too_large"), data
+    assert "16 MiB limit" in data["error"]
     assert _total(cluster) == 0
     assert cluster.api.status()["leader"]  # still serving
+
+
+def test_a_chunked_body_over_the_limit_is_refused_with_413(cluster):
+    """No Content-Length to refuse early: the limit holds while the body is read."""
+    chunked = (b"%x\r\n%s\r\n" % (len(c), c) for c in _fifty_megabytes())
+    status, data = _upload(cluster.gateway_url, b"Transfer-Encoding: chunked\r\n", chunked)
+    assert (status, data["code"]) == (413, "too_large"), data
+    assert _total(cluster) == 0
 
 
 def test_cli_reports_bad_lines_and_exit_2(cluster, tmp_path):
