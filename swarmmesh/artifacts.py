@@ -7,6 +7,11 @@ delegated. Data goes to a temp file named by us (never by the drone; a small upl
 memory until then), is renamed into the store under its sha256 and made durable (file and
 rename, by a filesystem sync that concurrent uploads share: `SyncBarrier`); only after
 `received` is committed does the drone get `Stored` and delete its copy.
+
+Every upload takes one path, whichever thread checks it: `Receiver._examine` (on the loop
+for a small upload, on a validation thread otherwise) judges it, keeps it, waits for the disk
+and hands one `Verdict` (stored, retry or invalid) to the loop, where `_conclude` commits it
+and `_answer` replies once the log has moved.
 """
 
 from __future__ import annotations
@@ -226,72 +231,41 @@ class Receiver(Component):
             return
         self._validating += 1
         if up is not None and up.fh is None and up.size <= INLINE_CHECK and self._writer.idle():
-            self._check_here(identity, up, tr, pkg[1])
+            self._examine(identity, up, tr, pkg[1], inline=True)
         else:  # after the writer: validation starts once every chunk before the trailer is written
-            self._writer.run(functools.partial(self._pool.submit, self._validate, identity, up, tr, pkg[1]),
+            self._writer.run(functools.partial(self._pool.submit, self._examine, identity, up, tr, pkg[1]),
                              small=True)
         if self._validating <= EARLY_SETTLE_BACKLOG:
-            self._settle(tr.drone, tr.key)
+            self._free_slot(tr)  # the build is over; beyond the backlog, slots free as commits land
 
-    def _check_here(self, identity: bytes, up: Upload, tr: protocol.Trailer, cpv: str) -> None:
-        """A small upload, on the loop: checked from memory, then written and made durable by
-        the SyncBarrier's thread."""
-        try:
-            info = self._check(up, tr, cpv)
-        except Exception as exc:  # a bug in the check must not escape into the socket loop
-            self._verdict(self._failed(identity, tr, exc))
+    # --- the upload path: examine (any thread), then conclude (the loop) ---------------------
+    def _examine(self, identity: bytes, up: Upload | None, tr: protocol.Trailer, cpv: str,
+                 inline: bool = False) -> None:
+        """The one path of every upload: judged, kept in the store, made durable, and the
+        verdict handed to the loop, which owns the sockets. `inline`: a small upload checked
+        on the loop itself (from memory; the SyncBarrier's thread writes it); else a validation
+        thread, which writes it too."""
+        verdict = _judge(up, tr, cpv)
+        if verdict.info is None or up is None:
+            self._hand_over(identity, tr, verdict)
             return
-        self.durable.after(functools.partial(self._durable_verdict, identity, tr, info),
-                           write=functools.partial(self._keep, up, info))
-
-    def _validate(self, identity: bytes, up: Upload | None, tr: protocol.Trailer, cpv: str) -> None:
-        """Worker thread: the verdict goes back to the loop, which owns the sockets, and is
-        dropped there if this node stopped leading meanwhile."""
+        landed = functools.partial(self._durable, identity, tr, verdict)
+        keep = functools.partial(self._keep, up, verdict.info)
+        if inline:
+            self.durable.after(landed, write=keep)
+            return
         try:
-            if up is None:
-                raise TransferError("no data arrived for this upload (lost frames); send it again")
-            info = self._check(up, tr, cpv)
-            self._keep(up, info)
+            keep()
         except Exception as exc:  # the store's disk, or a bug: never leave an upload unanswered
-            self._post_verdict(self._failed(identity, tr, exc))
-        else:  # `received` only once the file and its rename are on disk
-            self.durable.after(functools.partial(self._durable_verdict, identity, tr, info))
+            landed(exc)
+            return
+        self.durable.after(landed)  # `received` only once the file and its rename are on disk
 
-    def _durable_verdict(self, identity: bytes, tr: protocol.Trailer, info: gpkg.GpkgInfo,
-                         error: Exception | None) -> None:
-        verdict = self._failed(identity, tr, error) if error else functools.partial(self._commit, identity, tr, info)
-        self._post_verdict(verdict)
+    def _durable(self, identity: bytes, tr: protocol.Trailer, verdict: Verdict, error: Exception | None) -> None:
+        self._hand_over(identity, tr, verdict if error is None else Verdict.of(error, tr))
 
-    def _failed(self, identity: bytes, tr: protocol.Trailer, exc: Exception) -> Callable[[], None]:
-        """The verdict on an upload that could not be checked or stored, for every path: a bad
-        package fails it; anything else (the disk, a bug) asks the drone to send it again."""
-        if isinstance(exc, ArtifactError):
-            return functools.partial(self._reject, identity, tr, str(exc))
-        log.error("cannot store the upload of %s: %s", tr.key, exc, exc_info=not isinstance(exc, OSError) and exc)
-        return functools.partial(self._reject, identity, tr, f"{TransferError.PREFIX}cannot store it: {exc}")
-
-    def _post_verdict(self, verdict: Callable[[], None]) -> None:
-        self.node.post(lambda: self._verdict(verdict))
-
-    def _verdict(self, verdict: Any) -> None:
-        self._validating -= 1
-        if self.node.is_leader():
-            verdict()
-
-    def _check(self, up: Upload, tr: protocol.Trailer, cpv: str) -> gpkg.GpkgInfo:
-        """Check the transfer, then the package; raise ArtifactError(retry?) on failure.
-
-        The sha256 comes out of the same read as the GPKG checks (not hashed chunk by chunk on
-        the socket loop): every byte is read once. An upload still in memory is checked there
-        and written once, not written and read back."""
-        try:
-            _check_transfer(up, tr)
-            if up.fh is None:
-                return _inspect(Path(f"{tr.upload}.upload"), tr, cpv, up.sealed())
-            return _inspect(up.to_file(), tr, cpv)
-        except BaseException:
-            up.discard()
-            raise
+    def _hand_over(self, identity: bytes, tr: protocol.Trailer, verdict: Verdict) -> None:
+        self.node.post(functools.partial(self._conclude, identity, tr, verdict))
 
     def _keep(self, up: Upload, info: gpkg.GpkgInfo) -> None:
         """Into the store (made durable by self.durable, in groups) and the index journal."""
@@ -305,36 +279,54 @@ class Receiver(Component):
             self.store.recent.put(info.sha256, data)
         self._entries.record(info)  # parsed in full just now: no second read
 
-    def _commit(self, identity: bytes, tr: protocol.Trailer, info: gpkg.GpkgInfo) -> None:
+    def _conclude(self, identity: bytes, tr: protocol.Trailer, verdict: Verdict) -> None:
+        """On the loop: act on the verdict, unless this node stopped leading meanwhile."""
+        self._validating -= 1
+        if not self.node.is_leader():
+            return
+        if verdict.info is not None:
+            self._commit_received(identity, tr, verdict.info)
+        elif verdict.retry:
+            log.warning("upload of %s from %s incomplete: %s", tr.key, tr.drone, verdict.reason)
+            self.node.send(identity, protocol.Rejected(key=tr.key, reason=verdict.reason, retry=True))
+        else:
+            self._commit_failed(identity, tr, verdict.reason)
+
+    def _commit_received(self, identity: bytes, tr: protocol.Trailer, info: gpkg.GpkgInfo) -> None:
         result = received_result(info, self.node.name)
 
         def then(res: Any, err: str | None) -> None:
             if err is not None:
                 self.node.send(identity, protocol.Rejected(key=tr.key, reason=err, retry=True))
                 return
-            self._settle(tr.drone, tr.key)
             if res.get("ok") or res.get("code") == "duplicate":
                 log.info("received %s from %s (%d bytes, sha256 %s)", tr.key, tr.drone, info.size, info.sha256[:12])
-                self.node.send(identity, protocol.Stored(key=tr.key, sha256=info.sha256))
+                self._answer(identity, tr, protocol.Stored(key=tr.key, sha256=info.sha256))
             else:
-                self.node.send(identity, protocol.Rejected(key=tr.key, reason=f"not accepted: {res.get('code')}"))
+                self._answer(identity, tr, protocol.Rejected(key=tr.key, reason=f"not accepted: {res.get('code')}"))
 
         self.node.commit("complete", tr.key, tr.drone, tr.term, result, time.time(), then=then)
 
-    def _reject(self, identity: bytes, tr: protocol.Trailer, reason: str) -> None:
-        if isinstance(reason, str) and reason.startswith(TransferError.PREFIX):
-            log.warning("upload of %s from %s incomplete: %s", tr.key, tr.drone, reason)
-            self.node.send(identity, protocol.Rejected(key=tr.key, reason=reason, retry=True))
-            return
+    def _commit_failed(self, identity: bytes, tr: protocol.Trailer, reason: str) -> None:
         log.warning("artifact for %s from %s rejected: %s", tr.key, tr.drone, reason)
         policy = self._policy
 
         def then(res: Any, err: str | None) -> None:
-            self.node.send(identity, protocol.Rejected(key=tr.key, reason=reason, retry=False))
-            self._settle(tr.drone, tr.key)
+            self._answer(identity, tr, protocol.Rejected(key=tr.key, reason=reason, retry=False))
 
         self.node.commit("fail", tr.key, tr.drone, tr.term, f"invalid artifact: {reason}", time.time(),
                          policy.max_attempts, policy.ground_after, then=then)
+
+    def _answer(self, identity: bytes, tr: protocol.Trailer, reply: protocol.Message) -> None:
+        """The log now records how the build ended (received, or failed): the drone hears it,
+        and its slot is settled (again, if `_trailer` freed it early: the broker refills it
+        now that the log has moved, e.g. with a package that waited for this one)."""
+        self.node.send(identity, reply)
+        self._free_slot(tr)
+
+    def _free_slot(self, tr: protocol.Trailer) -> None:
+        """The one place a drone's build slot is settled (the broker's `settle`)."""
+        self._settle(tr.drone, tr.key)
 
     def _drop_all(self, why: str) -> None:
         for up in self.uploads.values():
@@ -342,6 +334,53 @@ class Receiver(Component):
         if self.uploads:
             log.info("dropped %d partial upload(s): %s", len(self.uploads), why)
         self.uploads.clear()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What becomes of one upload, whichever thread judged it: stored (`info`: what the
+    package says of itself, about to be committed `received`), retry (the bytes did not
+    arrive intact, or this node could not keep them: the drone sends it again) or invalid (a
+    broken build: the attempt fails in the log). `reason` is what the drone is told."""
+
+    info: gpkg.GpkgInfo | None = None
+    retry: bool = False
+    reason: str = ""
+
+    @classmethod
+    def stored(cls, info: gpkg.GpkgInfo) -> Verdict:
+        return cls(info=info)
+
+    @classmethod
+    def of(cls, exc: Exception, tr: protocol.Trailer) -> Verdict:
+        """The verdict on an upload that could not be checked or kept: a bad package is
+        invalid; damage on the way, the disk or a bug ask the drone to send it again."""
+        if isinstance(exc, TransferError):
+            return cls(retry=True, reason=str(exc))
+        if isinstance(exc, ArtifactError):
+            return cls(reason=str(exc))
+        log.error("cannot store the upload of %s: %s", tr.key, exc, exc_info=not isinstance(exc, OSError) and exc)
+        return cls(retry=True, reason=f"{TransferError.PREFIX}cannot store it: {exc}")
+
+
+def _judge(up: Upload | None, tr: protocol.Trailer, cpv: str) -> Verdict:
+    """Check the transfer, then the package (never raises: a bug in the check must not escape
+    into the socket loop). The sha256 comes out of the same read as the GPKG checks (not
+    hashed chunk by chunk on the socket loop): every byte is read once. An upload still in
+    memory is checked there and written once, not written and read back."""
+    if up is None:
+        return Verdict.of(TransferError("no data arrived for this upload (lost frames); send it again"), tr)
+    try:
+        _check_transfer(up, tr)
+        if up.fh is None:
+            return Verdict.stored(_inspect(Path(f"{tr.upload}.upload"), tr, cpv, up.sealed()))
+        return Verdict.stored(_inspect(up.to_file(), tr, cpv))
+    except Exception as exc:
+        up.discard()
+        return Verdict.of(exc, tr)
+    except BaseException:
+        up.discard()
+        raise
 
 
 def _delegation(pkg: Any) -> tuple[str | None, str] | None:

@@ -12,6 +12,7 @@ from swarmmesh.artifacts import Upload
 from swarmmesh.errors import ArtifactError, TransferError
 from swarmmesh.gpkg_writer import write_gpkg
 from swarmmesh.store import Store
+from tests.conftest import wait_until
 from tests.fakes import FakeNode
 
 CPV = "app-misc/hello-1.0"
@@ -175,3 +176,58 @@ def test_a_bug_in_the_check_on_the_loop_asks_for_the_upload_again_and_keeps_the_
         receiver.close()
         node.close()
         ctx.term()
+
+
+@pytest.fixture
+def receiving(tmp_path):
+    """A real Receiver on the fake node, leading, with three packages delegated to drone-1."""
+    node = FakeNode("o1", tmp_path, leader=True)
+    keys = [f"app-misc/p{i}-1.0" for i in range(3)]
+    node.queue.submit("b1", "c", [(k, k, None) for k in keys], None, 0.0)
+    for key in keys:
+        node.queue.delegate(key, "drone-1", 1, 0.0, 60.0)
+    settled: list[str] = []
+    ctx = zmq.Context()
+    receiver = artifacts.Receiver(node, node.config, node.storage, ctx, settle=lambda drone, key: settled.append(key))
+    yield node, receiver, settled
+    receiver.close()
+    node.close()
+    ctx.term()
+
+
+def _send(receiver: artifacts.Receiver, upload: str, key: str, data: bytes, sha256: str | None = None) -> None:
+    pieces = [data[i:i + 4096] for i in range(0, len(data), 4096)]
+    for seq, piece in enumerate(pieces):
+        receiver._frame(protocol.encode(protocol.Chunk(upload=upload, seq=seq, data=piece)))
+    receiver._frame(protocol.encode(protocol.Trailer(
+        upload=upload, drone="drone-1", key=key, term=1, size=len(data),
+        sha256=sha256 or hashlib.sha256(data).hexdigest(), chunks=len(pieces))))
+
+
+@pytest.mark.parametrize("size", [6_000, 200_000], ids=["checked on the loop", "checked by a validation thread"])
+def test_each_verdict_is_answered_committed_and_settled_once_it_lands(receiving, tmp_path, size):
+    """Stored: `received` committed, then Stored; retry: Rejected(retry) and nothing in the
+    log; invalid: the attempt fails in the log, then Rejected(no retry)."""
+    node, receiver, settled = receiving
+    good, broken = tmp_path / "good.gpkg.tar", tmp_path / "broken.gpkg.tar"
+    write_gpkg(good, "app-misc/p0-1.0", size=size)
+    write_gpkg(broken, "app-misc/other-1.0", size=size)  # intact, but not the package delegated
+    _send(receiver, "aa000001", "app-misc/p0-1.0", good.read_bytes())
+    _send(receiver, "aa000002", "app-misc/p1-1.0", good.read_bytes(), sha256="0" * 64)
+    _send(receiver, "aa000003", "app-misc/p2-1.0", broken.read_bytes())
+
+    def answered() -> bool:
+        node.run_posted()
+        return receiver._validating == 0 and len(node.sent) == 3
+
+    wait_until(answered, 10, what="three answers")
+    replies = {m.key: m for _, m in node.sent}
+    assert isinstance(replies["app-misc/p0-1.0"], protocol.Stored)
+    assert node.storage.store.has(replies["app-misc/p0-1.0"].sha256)
+    retry, invalid = replies["app-misc/p1-1.0"], replies["app-misc/p2-1.0"]
+    assert (retry.retry, retry.reason) == (True, "transfer: sha256 mismatch")
+    assert invalid.retry is False and "app-misc/other-1.0" in invalid.reason
+    assert sorted(c[0] for c in node.commits) == ["complete", "fail"]
+    assert node.queue.get("app-misc/p1-1.0").state == "delegated"  # it is sent again
+    assert sorted(settled) == ["app-misc/p0-1.0", "app-misc/p0-1.0", "app-misc/p1-1.0",
+                               "app-misc/p2-1.0", "app-misc/p2-1.0"]  # early, and once it is in the log
