@@ -22,7 +22,6 @@ import logging
 import queue
 import re
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -75,10 +74,9 @@ class Upload:
     size: int = 0
     next_seq: int = 0
     broken: str = ""
-    last_activity: float = field(default_factory=time.monotonic)
+    last_activity: float = 0.0  # the loop's time when its last chunk arrived (Receiver._chunk)
 
     def add(self, chunk: protocol.Chunk) -> None:
-        self.last_activity = time.monotonic()
         if self.broken:
             return
         if chunk.seq != self.next_seq:
@@ -211,7 +209,7 @@ class Receiver(Component):
             if chunk.seq != 0:
                 return  # the start of this upload was lost; the trailer will be rejected
             up = self.uploads[chunk.upload] = Upload(self.store, b"")
-        up.last_activity = time.monotonic()
+        up.last_activity = self.node.now()
         self._writer.run(functools.partial(up.add, chunk), small=up.small(chunk.data))
 
     def _trailer(self, tr: protocol.Trailer) -> None:
@@ -305,7 +303,7 @@ class Receiver(Component):
             else:
                 self._answer(identity, tr, protocol.Rejected(key=tr.key, reason=f"not accepted: {res.get('code')}"))
 
-        self.node.commit("complete", tr.key, tr.drone, tr.term, result, time.time(), then=then)
+        self.node.commit("complete", tr.key, tr.drone, tr.term, result, self.node.wall(), then=then)
 
     def _commit_failed(self, identity: bytes, tr: protocol.Trailer, reason: str) -> None:
         log.warning("artifact for %s from %s rejected: %s", tr.key, tr.drone, reason)
@@ -314,7 +312,7 @@ class Receiver(Component):
         def then(res: Any, err: str | None) -> None:
             self._answer(identity, tr, protocol.Rejected(key=tr.key, reason=reason, retry=False))
 
-        self.node.commit("fail", tr.key, tr.drone, tr.term, f"invalid artifact: {reason}", time.time(),
+        self.node.commit("fail", tr.key, tr.drone, tr.term, f"invalid artifact: {reason}", self.node.wall(),
                          policy.max_attempts, policy.ground_after, then=then)
 
     def _answer(self, identity: bytes, tr: protocol.Trailer, reply: protocol.Message) -> None:

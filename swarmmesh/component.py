@@ -4,10 +4,12 @@ loop drives them through (`Component`).
 The orchestrator owns one poll loop; each component (control, broker, receiver, replicator,
 releases, incoming watcher, binhost) overrides only what it needs of these hooks, all called
 on the loop's thread. A part knows its orchestrator only as a `Node`: its name and term,
-whether it leads, the replicated state to read, commits, replies on the ROUTER, and the loop
-to post work to. Everything else a part uses (its configuration, node storage, the one
-function of another part it calls) is handed to it at construction, so
-`Orchestrator.__init__` is the whole wiring diagram and tests give a part one fake node.
+whether it leads, the replicated state to read, commits, replies on the ROUTER, the loop
+to post work to, and the time of the loop's pass (a part reads no clock of its own: what it
+does in a pass happens at that pass's time, and tests choose it). Everything else a part
+uses (its configuration, node storage, the one function of another part it calls) is handed
+to it at construction, so `Orchestrator.__init__` is the whole wiring diagram and tests give
+a part one fake node.
 """
 
 from __future__ import annotations
@@ -63,6 +65,15 @@ class Node(Protocol):
 
     def post(self, fn: Callable[[], None]) -> None:
         """Run `fn` on the loop's thread (worker threads must not touch sockets)."""
+        ...
+
+    def now(self) -> float:
+        """Monotonic time of the loop's current pass (what `tick` was or will be given)."""
+        ...
+
+    def wall(self) -> float:
+        """Wall-clock time (epoch seconds) of the loop's current pass: what replicated commands
+        are stamped with, and what file times compare with."""
         ...
 
 

@@ -95,7 +95,7 @@ class Control(Component):
     def _commit(self, identity: bytes, req: Request, command: str, *args: Any,
                 shape: Callable[[dict], tuple[bool, str, str, Any]] | None = None) -> None:
         """Commit, and reply from the callback: the ack means committed."""
-        self._pending[req.req_id] = (identity, time.monotonic() + COMMIT_TIMEOUT)
+        self._pending[req.req_id] = (identity, self.node.now() + COMMIT_TIMEOUT)
 
         def then(result: Any, err: str | None) -> None:
             if self._pending.pop(req.req_id, None) is None:
@@ -131,14 +131,14 @@ class Control(Component):
         items = [(r.key, r.cpv, r.repo) for r in refs]
         batch_id = f"b-{uuid.uuid4().hex[:12]}"
         log.info("submit %s from %r: %d packages", batch_id, client, len(items))
-        self._commit(identity, req, "submit", batch_id, client, items, deps, time.time(),
+        self._commit(identity, req, "submit", batch_id, client, items, deps, self.node.wall(),
                      shape=lambda r: (True, "ok", "", {k: r[k] for k in ("batch", "count", "new")}))
         self._dispatch_new([key for key, _cpv, _repo in items], deps)
 
     def _finalize(self, identity: bytes, req: Request) -> None:
         force = bool(req.args.get("force", False))
         release_id = time.strftime("r-%Y%m%d-%H%M%S-", time.gmtime()) + uuid.uuid4().hex[:6]
-        self._commit(identity, req, "finalize", release_id, time.time(), force, shape=_finalize_shape)
+        self._commit(identity, req, "finalize", release_id, self.node.wall(), force, shape=_finalize_shape)
 
     def _balance(self, identity: bytes, req: Request) -> None:
         self._balance_now(lambda result: self._ok(identity, req, result))
@@ -149,7 +149,7 @@ class Control(Component):
             if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
                 raise InputError("unblock: keys must be a list of package keys (CPVs) or drone names")
             keys = [_unblock_key(k) for k in keys]
-        self._commit(identity, req, "unblock", keys or None, time.time())
+        self._commit(identity, req, "unblock", keys or None, self.node.wall())
 
     def _reset(self, identity: bytes, req: Request) -> None:
         if req.args.get("confirm") is not True:
@@ -173,7 +173,7 @@ class Control(Component):
                              f"roll back to one of: {', '.join(kept) or 'none yet'}")
         release_id = new_release_id()
         log.warning("rollback to %s requested: publishing its files again as %s", target, release_id)
-        self._commit(identity, req, "rollback", target, release_id, time.time(), shape=_rollback_shape)
+        self._commit(identity, req, "rollback", target, release_id, self.node.wall(), shape=_rollback_shape)
 
 
 def _rollback_shape(result: dict) -> tuple[bool, str, str, Any]:

@@ -18,7 +18,6 @@ import logging
 import os
 import queue
 import stat
-import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -110,7 +109,7 @@ class Incoming(Component):
                 return out
 
     def _scan(self) -> list[str]:
-        settled = time.time() - SETTLE
+        settled = self.node.wall() - SETTLE
         out = []
         for folder, _dirs, files in os.walk(self.dir):
             for name in files:
@@ -187,4 +186,4 @@ class Incoming(Component):
             else:
                 log.warning("incoming %s for %s not accepted: %s", name, key, err or res.get("code"))
 
-        self.node.commit("complete", key, drone, self.node.term, result, time.time(), then=then)
+        self.node.commit("complete", key, drone, self.node.term, result, self.node.wall(), then=then)

@@ -1,8 +1,13 @@
 """One orchestrator node: Raft membership, the ROUTER loop, leader events.
 
-A single thread owns every ZeroMQ socket. PySyncObj applies commands on its own thread;
-commit callbacks never touch sockets, they post a closure to the `Inbox` (transport.py),
-which wakes the loop through a pipe, so replies go out only after the command is committed.
+A single thread owns every ZeroMQ socket. `run` is a loop over `step(now)`: one pass reads
+what arrived, then gives the parts their periodic work at `now`; everything a pass does is
+stamped with its `now` (monotonic) and `wall` time, which the parts ask of their `Node`
+instead of reading clocks themselves, so a test can step a node through time.
+
+PySyncObj applies commands on its own thread; commit callbacks never touch sockets, they
+post a closure to the `Inbox` (transport.py), which wakes the loop through a pipe, so
+replies go out only after the command is committed.
 """
 
 from __future__ import annotations
@@ -46,8 +51,11 @@ class Orchestrator:
     """Wires election, control API and (when leading) the broker around one poll loop; as
     `Node` (component.py), the one thing its parts know of it."""
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
         self.config = config
+        self._clock, self._wall_clock = clock, wall
+        self._now, self._wall = clock(), wall()  # the time of the current pass
         self.me = config.me()
         self.election = Election(config)
         self.ctx = zmq.Context()
@@ -63,7 +71,7 @@ class Orchestrator:
         # the node's storage if it keeps or serves files, and the functions of other parts it
         # calls; nothing else reaches it.
         self.storage = Storage(Path(config.data_dir))
-        self.broker = Broker(self, config)
+        self.broker = Broker(self, config, clock=self.now, wall=self.wall)
         self.receiver = Receiver(self, config, self.storage, self.ctx, settle=self.broker.settle)
         self.releases = Releases(self, config, self.storage)
         self.replicator = Replicator(self, config, self.storage, relink=self.releases.relink)
@@ -76,6 +84,11 @@ class Orchestrator:
         # the order of each loop pass: requests and timeouts first, then jobs, uploads, files
         self.components: list[Component] = [self.control, self.broker, self.receiver, self.replicator,
                                             self.releases, self.incoming, self.binhost]
+        self.poller = zmq.Poller()
+        self.poller.register(self.router, zmq.POLLIN)
+        self.poller.register(self.inbox.fd, zmq.POLLIN)
+        for comp in self.components:
+            comp.register(self.poller)
 
     # --- the Node interface (component.py): what the parts may ask -----------------------
     def commit(self, command: str, *args: Any, then: Then | None = None, lazy: bool = False) -> None:
@@ -89,7 +102,7 @@ class Orchestrator:
             if then is not None:
                 self.inbox.post(lambda: then(result, err))
 
-        self._outgoing.add((command, args, done), time.monotonic(), lazy=lazy)
+        self._outgoing.add((command, args, done), self._now, lazy=lazy)
 
     def _flush(self, now: float) -> None:
         for batch in self._outgoing.take(now):
@@ -136,25 +149,36 @@ class Orchestrator:
     def indexes(self) -> tuple[int, int]:
         return self.election.indexes()
 
+    def now(self) -> float:
+        return self._now
+
+    def wall(self) -> float:
+        return self._wall
+
     # --- the loop ----------------------------------------------------------------------
     def run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.router, zmq.POLLIN)
-        poller.register(self.inbox.fd, zmq.POLLIN)
-        for comp in self.components:
-            comp.register(poller)
+        """Until `stop()`: wait for input (at most until the next tick, or until the queued
+        commands are due), then one `step`."""
         self._announce_ready()
         while not self._stop:
-            ready = dict(poller.poll(self._poll_ms(time.monotonic())))
-            if self.router in ready:
-                transport.drain(self.router, self._dispatch, 1000)
-            if self.inbox.fd in ready:
-                self.inbox.run_pending()
-            for comp in self.components:
-                comp.on_poll(ready)
-            now = time.monotonic()
-            self._tick(now)
-            self._flush(now)
+            ready = dict(self.poller.poll(self._poll_ms(self._clock())))
+            self.step(self._clock(), ready=ready)
+
+    def step(self, now: float, wall: float | None = None, ready: dict | None = None) -> None:
+        """One pass of the loop at `now` (monotonic; `wall`: epoch seconds, read from the
+        clock if not given): what the sockets and the inbox hold (`ready`: what a poll found,
+        else polled without waiting), the parts' periodic work, the commands that are due."""
+        self._now, self._wall = now, wall if wall is not None else self._wall_clock()
+        if ready is None:
+            ready = dict(self.poller.poll(0))
+        if self.router in ready:
+            transport.drain(self.router, self._dispatch, 1000)
+        if self.inbox.fd in ready:
+            self.inbox.run_pending()
+        for comp in self.components:
+            comp.on_poll(ready)
+        self._tick(now)
+        self._flush(now)
 
     def stop(self) -> None:
         self._stop = True
@@ -233,7 +257,7 @@ class Orchestrator:
         node = protocol.NodeInfo(
             name=self.name, role=self.role(),
             term=self.election.term, leader=self.leader_name(), commit_index=commit,
-            applied_index=applied, counts=counts, sent_at=time.time(),
+            applied_index=applied, counts=counts, sent_at=self._wall,
         )
         self.events.send_multipart([protocol.TOPIC_NODE, protocol.encode(node)])
         if self.is_leader():
@@ -243,7 +267,7 @@ class Orchestrator:
         return protocol.LeaderInfo(
             name=self.name, term=self._leading_term or self.election.term,
             broker=self.me.broker_url, artifacts=self.me.artifacts_url, events=self.me.events_url,
-            binhost=self.me.binhost_url, sent_at=time.time(),
+            binhost=self.me.binhost_url, sent_at=self._wall,
         )
 
 

@@ -254,11 +254,11 @@ class Releases(Component):
         follower renders its own only while someone reads it, from the first read on: it
         cost each follower ~15 % of its CPU under a stream of packages, for nobody. A new
         leader renders at once, from the blocks of every package (~40 us each)."""
-        self._staging_read = time.monotonic()
+        self._staging_read = self.node.now()
         return self.staging
 
     def _stage_due(self, now: float) -> bool:
-        wanted = self.node.is_leader() or time.monotonic() - self._staging_read < STAGING_INTEREST
+        wanted = self.node.is_leader() or self.node.now() - self._staging_read < STAGING_INTEREST
         return self._view.changed and now >= self._next_stage and wanted
 
     def _start_stage(self, now: float) -> Future:
@@ -299,7 +299,7 @@ class Releases(Component):
 
     def _publish_failed(self, release_id: str) -> None:
         """Wait a while, and then check every file again (one may have been dropped meanwhile)."""
-        self._failed[release_id] = time.monotonic() + 5.0
+        self._failed[release_id] = self.node.now() + 5.0
         if self._newest is not None and self._newest.id == release_id:
             self._absent = {f["sha256"] for f in self._newest.files}
 
@@ -352,4 +352,4 @@ class Releases(Component):
             else:
                 log.warning("auto_finalize of %s failed: %s", release_id, err or result)
 
-        self.node.commit("finalize", release_id, time.time(), True, then=then)
+        self.node.commit("finalize", release_id, self.node.wall(), True, then=then)

@@ -229,7 +229,7 @@ class Replicator(Component):
         kept = self.node.read(
             lambda q: {f["sha256"] for r in q.releases[-keep:] for f in r.files} | set(q.artifacts()))
         referenced = kept | set(self._fetching)
-        cutoff = time.time() - GC_GRACE
+        cutoff = self.node.wall() - GC_GRACE
         for sha in sorted(scan_store(self.store.root) - referenced):
             path = self.store.path(sha)
             try:
@@ -338,7 +338,7 @@ class Replicator(Component):
         log.warning("%s: %s", info["key"], reason)
         self._failing.pop(sha, None)
         self._retry.pop(sha, None)
-        self._commit("lose", info["key"], sha, reason, time.time())
+        self._commit("lose", info["key"], sha, reason, self.node.wall())
         return True
 
     def _commit(self, command: str, sha_or_key: str, *more: Any) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import queue
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -91,6 +92,8 @@ class FakeNode:
         self.leader = leader
         self.raft_leader: str | None = "o1"  # what Raft says while this node does not lead
         self.term = 1
+        self.mono: float | None = None  # the loop's time, when a test sets it; else the clock's
+        self.epoch: float | None = None
         self.deferred = deferred
         self.commits: list[tuple] = []  # (command, *args), in the order they were applied
         self.pending: list[tuple[str, tuple, Then | None]] = []  # deferred: not applied yet
@@ -128,6 +131,12 @@ class FakeNode:
 
     def post(self, fn: Callable[[], None]) -> None:
         self.posted.put(fn)
+
+    def now(self) -> float:
+        return time.monotonic() if self.mono is None else self.mono
+
+    def wall(self) -> float:
+        return time.time() if self.epoch is None else self.epoch
 
     # --- for tests ---------------------------------------------------------------------------
     def configure(self, **changes: Any) -> NodeConfig:
