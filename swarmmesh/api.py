@@ -70,6 +70,10 @@ class GatewayClient:
             body["deps"] = deps
         return self._call_json("POST", "/build", body)
 
+    def submit_request(self, body: dict) -> dict:
+        """POST /build with a whole JSON body (packages, client, deps, use, env)."""
+        return self._call_json("POST", "/build", body)
+
     def swarm(self) -> dict:
         return self._call("GET", "/swarm")
 

@@ -402,6 +402,71 @@ def swarm(api: Any, as_json: bool) -> None:
                    f"attempts {entry.get('attempts', 0)}  error {error}")
 
 
+def _client_plan(targets: tuple[str, ...], from_file: str | None) -> tuple[Any, list[str]]:
+    """What to build: saved emerge output (--from-file), else Portage's resolver on TARGETS."""
+    if from_file is not None:
+        if targets:
+            raise errors.InputError("give either TARGETS or --from-file, not both")
+        from swarmmesh.pretend import parse_plan
+        from swarmmesh.resolver import local_env
+
+        plan = parse_plan(_decode(_read(from_file), "stdin" if from_file == "-" else from_file))
+        plan.env = local_env()
+        return plan, ["@world"]
+    if not targets:
+        raise errors.InputError("name what to build: `swarmmesh client world`, atoms, or --from-file FILE")
+    from swarmmesh.resolver import WORLD, resolve
+
+    wanted = [WORLD if t in ("world", WORLD) else t for t in targets]
+    return resolve(wanted), wanted
+
+
+@client_command
+@click.argument("targets", nargs=-1, metavar="world | ATOM...")
+@click.option("--from-file", metavar="FILE", help="Saved `emerge -puDN --verbose --tree --color=n @world` "
+              "output (- for stdin) instead of running Portage's resolver.")
+@click.option("--finalize", "do_finalize", is_flag=True, help="Release the swarm's packages once the batch is built.")
+@click.option("--no-wait", is_flag=True, help="Return once the batch is queued.")
+@click.option("--write-binrepos", metavar="PATH", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the binrepos.conf entry to PATH (e.g. /etc/portage/binrepos.conf/swarmmesh.conf).")
+@click.option("--client", "client_name", metavar="NAME", help="Batch owner (default: user@host).")
+@click.option("--timeout", type=click.FloatRange(min=0), default=None, metavar="S",
+              help="Give up waiting after S seconds (default: wait as long as it takes).")
+def client(  # noqa: PLR0917 -- click hands every option over as an argument
+           api: Any, targets: tuple[str, ...], from_file: str | None, do_finalize: bool, no_wait: bool,
+           write_binrepos: Path | None, client_name: str | None, timeout: float | None) -> None:
+    """Build this machine's world (or ATOMs) on the swarm, as its own emerge would.
+
+    Resolves what `emerge -uDN @world` would build (Portage's resolver, with each package's USE
+    and build-time dependencies, and this machine's CHOST, profile and flags), submits it, shows
+    the progress until it is built, and prints the binrepos.conf entry and the emerge command.
+    """
+    from swarmmesh import client as run
+
+    plan, wanted = _client_plan(targets, from_file)
+    for kind, count in sorted(plan.skipped.items()):
+        click.echo(f"not built: {count} [{kind}] line(s)", err=True)
+    reply = run.submit(api, plan, client_name or _default_client())
+    batch = reply["batch"]
+    click.echo(f"queued batch {batch}: {reply['count']} packages ({reply['new']} new)")
+    if no_wait:
+        return
+    done = run.watch(api, batch, lambda p: click.echo(p.line()), timeout=timeout)
+    for key, error in done.failed:
+        click.echo(f"failed: {key}: {_one_line(error)}", err=True)
+    if do_finalize:
+        click.echo(f"released {run.finalize(api, timeout=timeout if timeout is not None else 600.0)}")
+    entry = run.binrepos_entry(api.binhost())
+    if write_binrepos is not None:
+        run.write_binrepos(write_binrepos, entry)
+        click.echo(f"wrote {write_binrepos}")
+    else:
+        click.echo(f"# binrepos.conf entry (e.g. /etc/portage/binrepos.conf/swarmmesh.conf):\n{entry}", nl=False)
+    click.echo("then run: " + " ".join(run.emerge_command(wanted)))
+    if done.failed:
+        raise click.exceptions.Exit(1)
+
+
 # --- local clusters ---------------------------------------------------------------------
 
 @cli.group()

@@ -6,7 +6,8 @@ through the CLI and the gateway unchanged.
     SwarmError
     ├── ConfigError          a node config file is missing, unreadable or invalid
     ├── InputError           a package list or request body is invalid (nothing was queued)
-    │   └── BadAtomsError    some lines are not valid atoms; carries the bad lines
+    │   ├── BadAtomsError    some lines are not valid atoms; carries the bad lines
+    │   └── ResolveError     Portage could not resolve what the client asked for
     ├── ProtocolError        a network frame is malformed, oversized or of an unknown type
     ├── ClusterError         the cluster cannot serve the request right now
     │   ├── NotLeaderError   this orchestrator does not lead; carries the leader if known
@@ -49,6 +50,10 @@ class BadAtomsError(InputError):
             f"{len(bad_lines)} invalid line(s), nothing was queued: {shown}{more}. "
             "Fix or remove them and submit again (atoms look like cat/pkg-1.0 or =cat/pkg-1.0::repo)."
         )
+
+
+class ResolveError(InputError):
+    """Portage's resolver refused the client's targets (or cannot run here): nothing was queued."""
 
 
 class ProtocolError(SwarmError):

@@ -358,7 +358,7 @@ async def _submit_args(request: web.Request) -> dict:
         if not isinstance(data.get("packages"), list) or not data["packages"]:
             raise InputError('the JSON body needs "packages": a non-empty list of atoms')
         args = {"packages": data["packages"], "client": data.get("client") or _client_name(request)}
-        return args | ({"deps": data["deps"]} if data.get("deps") is not None else {})
+        return args | {key: data[key] for key in ("deps", "use", "env") if data.get(key) is not None}
     text = _utf8(await _read_body(request))
     if not text.strip():
         raise InputError("empty request body; send package atoms, one per line, or `emerge --pretend` output")
