@@ -21,6 +21,7 @@ setup(
         "click>=8.1",
         "portage>=3.0.63",
         "aiohttp>=3.9",
+        "pysequoia>=0.1.35",
     ],
     extras_require={
         "test": ["pytest>=8.0", "pytest-timeout>=2.3", "hypothesis>=6.100", "ruff>=0.6", "mypy>=2.4"],

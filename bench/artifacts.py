@@ -1,6 +1,9 @@
 """Artifacts: upload, replication and binhost serving, against `rsync -a` in the same run.
 
-    python bench/artifacts.py [--files 8] [--size-mib 128] [--clients 16] [--seconds 3]
+    python bench/artifacts.py [--files 8] [--size-mib 128] [--clients 16] [--seconds 3] [--signing both]
+
+`--signing both` (the default) runs everything twice: without, then with the leader signing
+every package (signing rewrites each file once, after validation and before `received`).
 
 1. `rsync -a` of the GPKGs between two local directories (best of 3): the baseline. And
    `rsync -a --fsync` (best of 3): the same copy made durable, as the leader must before it
@@ -156,15 +159,24 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--keep", metavar="DIR", help="Work in DIR (must not exist) and keep it: logs, stores.")
+    parser.add_argument("--signing", choices=("on", "off", "both"), default="both",
+                        help="the leader signing every package, not, or both in turn (default)")
     args = parser.parse_args()
+    for sign in {"on": [True], "off": [False], "both": [False, True]}[args.signing]:
+        print(f"--- signing {'on' if sign else 'off'}")
+        run(args, sign)
+
+
+def run(args: argparse.Namespace, sign: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="swarmmesh-bench-") as tmp_name:
-        tmp = Path(args.keep) if args.keep else Path(tmp_name)
-        tmp.mkdir(exist_ok=bool(not args.keep))
+        tmp = Path(args.keep) / ("signed" if sign else "unsigned") if args.keep else Path(tmp_name)
+        tmp.mkdir(parents=True, exist_ok=bool(not args.keep))
         files = make_gpkgs(tmp / "gpkgs", args.files, args.size_mib * MIB)
         total = sum(p.stat().st_size for p in files.values()) / MIB
         t_rsync = rsync_seconds(tmp / "gpkgs", tmp / "rsync-copy")
         t_durable = rsync_seconds(tmp / "gpkgs", tmp / "rsync-copy", "--fsync")
-        c = LocalCluster(tmp / "cluster", orchestrators=3, drones=1, builder_overrides={"slots": args.files})
+        c = LocalCluster(tmp / "cluster", orchestrators=3, drones=1, builder_overrides={"slots": args.files},
+                         sign=sign)
         c.up(*c.orchestrators, "gateway")
         builder = Prebuilt(dict(files))
         drone = Drone(c.configs["drone-1"], builder=builder)

@@ -60,6 +60,10 @@ class GatewayClient:
     def binhost(self) -> str:
         return self._request("GET", "/binhost").decode("utf-8", "replace").strip()
 
+    def signing_key(self) -> str:
+        """The swarm's public signing key(s), armoured (``GET /signing-key.asc``)."""
+        return self._request("GET", "/signing-key.asc").decode("ascii", "replace")
+
     def submit_text(self, text: str, client: str = "cli") -> dict:
         path = "/build?" + urllib.parse.urlencode({"client": client})
         return self._call("POST", path, text.encode("utf-8"), "text/plain; charset=utf-8")

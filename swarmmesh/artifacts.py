@@ -34,6 +34,7 @@ from swarmmesh import gentoo, gpkg, protocol, transport
 from swarmmesh.component import Component, Node
 from swarmmesh.config import NodeConfig
 from swarmmesh.errors import ArtifactError, ProtocolError, TransferError
+from swarmmesh.signer import PackageSigner
 from swarmmesh.store import Storage, Store
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,16 @@ class Upload:
         assert self.path is not None
         return self.path
 
+    def replace(self, data: bytes | None, path: Path | None) -> None:
+        """The signed package takes the upload's place: its bytes, or a temp file of the store."""
+        if data is not None:
+            self.buf, self.size = data, len(data)
+            return
+        assert path is not None
+        self.to_file().unlink(missing_ok=True)
+        self.path, self.fh = path, open(path, "rb")  # noqa: SIM115 - closed by to_file/discard
+        self.size = path.stat().st_size
+
     def discard(self) -> None:
         self.buf = bytearray()
         if self.fh is not None:
@@ -130,12 +141,14 @@ class Receiver(Component):
     storage. `settle(drone, key)`: the broker's, frees the drone's build slot."""
 
     def __init__(self, node: Node, config: NodeConfig, storage: Storage, ctx: zmq.Context, *,
-                 settle: Callable[[str, str], None]) -> None:
+                 settle: Callable[[str, str], None], signer: PackageSigner | None = None) -> None:
         self.node = node
+        self._signer = signer  # signs each validated package; None: stored unsigned
         me = config.me()
         self._policy = config.queue
         self._settle = settle
         self.store = storage.store
+        self._storage = storage
         self._entries = storage.entries
         self.durable = storage.durable
         self.pull = transport.pull(ctx, transport.tcp_bind(me.host, me.artifacts_port))
@@ -244,6 +257,8 @@ class Receiver(Component):
         on the loop itself (from memory; the SyncBarrier's thread writes it); else a validation
         thread, which writes it too."""
         verdict = _judge(up, tr, cpv)
+        if verdict.info is not None and up is not None:
+            verdict = self._sign(up, verdict, tr)
         if verdict.info is None or up is None:
             self._hand_over(identity, tr, verdict)
             return
@@ -264,6 +279,21 @@ class Receiver(Component):
 
     def _hand_over(self, identity: bytes, tr: protocol.Trailer, verdict: Verdict) -> None:
         self.node.post(functools.partial(self._conclude, identity, tr, verdict))
+
+    def _sign(self, up: Upload, verdict: Verdict, tr: protocol.Trailer) -> Verdict:
+        """Validated, so signed by the swarm key (signer.py), before anything is kept or
+        committed: the signed file replaces the upload. A signing failure is not the build's
+        fault: the drone sends it again."""
+        if self._signer is None or verdict.info is None:
+            return verdict
+        try:
+            info, signed = self._signer.sign(verdict.info, up.sealed() if up.fh is None else up.to_file(), tr.key)
+        except Exception as exc:  # gpg, the disk, or a bug: never leave an upload unanswered
+            up.discard()
+            log.error("cannot sign %s: %s", tr.key, exc)
+            return Verdict(retry=True, reason=f"{TransferError.PREFIX}cannot sign it: {exc}")
+        up.replace(signed.data, signed.path)
+        return Verdict.stored(info)
 
     def _keep(self, up: Upload, info: gpkg.GpkgInfo) -> None:
         """Into the store (made durable by self.durable, in groups) and the index journal."""
@@ -297,6 +327,8 @@ class Receiver(Component):
             if err is not None:
                 self.node.send(identity, protocol.Rejected(key=tr.key, reason=err, retry=True))
                 return
+            if not res.get("ok"):
+                self._drop_unreferenced(info.sha256)
             if res.get("ok") or res.get("code") == "duplicate":
                 log.info("received %s from %s (%d bytes, sha256 %s)", tr.key, tr.drone, info.size, info.sha256[:12])
                 self._answer(identity, tr, protocol.Stored(key=tr.key, sha256=info.sha256))
@@ -304,6 +336,22 @@ class Receiver(Component):
                 self._answer(identity, tr, protocol.Rejected(key=tr.key, reason=f"not accepted: {res.get('code')}"))
 
         self.node.commit("complete", tr.key, tr.drone, tr.term, result, self.node.wall(), then=then)
+
+    def _drop_unreferenced(self, sha256: str) -> None:
+        """A commit that did not take our file (a duplicate upload, a stale one): signed again,
+        its bytes differ from the received file's, so nothing refers to them; removed now,
+        not left for the garbage collection."""
+        if self.node.read(lambda q: q.artifact(sha256)) is not None:
+            return  # the same bytes as the received file (unsigned): they are the package's
+        self.store.path(sha256).unlink(missing_ok=True)
+        self._storage.forget(sha256)
+        log.info("dropped %s: the package was already received with another file", sha256[:12])
+
+    def _reject(self, identity: bytes, tr: protocol.Trailer, reason: str) -> None:
+        if isinstance(reason, str) and reason.startswith(TransferError.PREFIX):
+            log.warning("upload of %s from %s incomplete: %s", tr.key, tr.drone, reason)
+            self.node.send(identity, protocol.Rejected(key=tr.key, reason=reason, retry=True))
+            return
 
     def _commit_failed(self, identity: bytes, tr: protocol.Trailer, reason: str) -> None:
         log.warning("artifact for %s from %s rejected: %s", tr.key, tr.drone, reason)
@@ -389,7 +437,8 @@ def received_result(info: gpkg.GpkgInfo, holder: str) -> dict:
     """What `complete` records of a stored, validated GPKG (uploaded or dropped into incoming/)."""
     build_id = info.build_id or 1
     return {"sha256": info.sha256, "size": info.size, "md5": info.md5, "sha1": info.sha1, "build_id": build_id,
-            "path": gentoo.gpkg_relpath(info.cpv, build_id), "holders": [holder], "metadata": info.metadata}
+            "path": gentoo.gpkg_relpath(info.cpv, build_id), "holders": [holder], "metadata": info.metadata,
+            **({"signer": info.signer} if info.signer else {})}
 
 
 class _Writer:

@@ -10,6 +10,7 @@ pattern and resolved inside one directory; nothing else of the data directory is
     GET /store/<sha256>                                the content-addressed store (peers)
     POST /store  (body: sha256s, one per line)         many small store files in one reply (peers)
     GET /release                                       what this node serves (the gateway)
+    GET /signing-key.asc                               the swarm's public signing key(s) (clients)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from swarmmesh.component import Component, Node
 from swarmmesh.config import NodeConfig
 from swarmmesh.errors import ConfigError
 from swarmmesh.fetch import BUNDLE_FILE_MAX, BUNDLE_FILES
+from swarmmesh.signer import PackageSigner
 from swarmmesh.staging import Feed
 from swarmmesh.store import Storage
 
@@ -76,8 +78,9 @@ class Site:
     `staging_feed` are the releases' (what this node serves, the feed drones install from)."""
 
     def __init__(self, node: Node, data_dir: Path, storage: Storage, *, serving: Callable[[], str | None],
-                 staging_feed: Callable[[], Feed]) -> None:
+                 staging_feed: Callable[[], Feed], signer: PackageSigner | None = None) -> None:
         self.node = node
+        self._signer = signer
         self.data = Path(data_dir)
         self.storage = storage
         self._serving = serving
@@ -89,6 +92,7 @@ class Site:
         app.router.add_get("/store/{sha256}", self.store)
         app.router.add_post("/store", self.bundle)
         app.router.add_get("/staging/{path:.+}", self.staging)
+        app.router.add_get("/signing-key.asc", self.signing_key)
         app.router.add_get("/{path:.+}", self.current)
         return app
 
@@ -107,6 +111,13 @@ class Site:
             return int(os.stat(self.data / "releases" / release_id / "Packages").st_mtime)
         except OSError:
             return 0
+
+    async def signing_key(self, request: web.Request) -> web.Response:
+        """The public keys clients verify the packages with (`swarmmesh client trust` reads it)."""
+        signer = self._signer
+        if signer is None:
+            return _not_found("signing-key.asc: this swarm does not sign its packages (no [signing])")
+        return web.Response(text=signer.public_keys(), content_type="application/pgp-keys")
 
     async def store(self, request: web.Request) -> web.StreamResponse:
         sha = request.match_info["sha256"]
@@ -174,11 +185,12 @@ class Binhost(Component):
     """Component of an Orchestrator: runs the Site on its own thread and event loop."""
 
     def __init__(self, node: Node, config: NodeConfig, storage: Storage, *, serving: Callable[[], str | None],
-                 staging_feed: Callable[[], Feed], host: str | None = None, port: int | None = None) -> None:
+                 staging_feed: Callable[[], Feed], host: str | None = None, port: int | None = None,
+                 signer: PackageSigner | None = None) -> None:
         me = config.me()
         self.host = host if host is not None else me.host
         self.port = port if port is not None else me.binhost_port
-        self.site = Site(node, config.data_dir, storage, serving=serving, staging_feed=staging_feed)
+        self.site = Site(node, config.data_dir, storage, serving=serving, staging_feed=staging_feed, signer=signer)
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
         self._started = threading.Event()

@@ -379,6 +379,36 @@ def binhost(api: Any) -> None:
     click.echo(api.binhost())
 
 
+@cli.group()
+def client() -> None:
+    """Set up this machine's Portage as a client of the swarm's binhost."""
+
+
+@client.command("trust")
+@click.option("--gateway", metavar="URL", envvar="SWARMMESH_GATEWAY",
+              help=f"Gateway to fetch /signing-key.asc from; env SWARMMESH_GATEWAY (default {DEFAULT_GATEWAY}).")
+@click.option("--key", "key_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Trust this public key file instead of fetching it.")
+@click.option("--gnupg-home", type=click.Path(file_okay=False, path_type=Path),
+              help="GnuPG home Portage verifies with (default: its BINPKG_GPG_VERIFY_GPG_HOME).")
+@click.option("--print", "show", is_flag=True, help="Only print the commands that would be run.")
+def client_trust(gateway: str | None, key_file: Path | None, gnupg_home: Path | None, show: bool) -> None:
+    """Make Portage trust the swarm's signing key, as getuto sets up /etc/portage/gnupg."""
+    logs.configure(_log_level("warning"))
+    from swarmmesh import clienttrust
+    from swarmmesh.api import GatewayClient
+
+    api = GatewayClient(gateway or DEFAULT_GATEWAY)
+    armored = key_file.read_text(errors="replace") if key_file else api.signing_key()
+    home = gnupg_home or clienttrust.portage_gnupg_home()
+    if show:
+        url = key_file.resolve().as_uri() if key_file else f"{api.url}/signing-key.asc"
+        click.echo(clienttrust.printed(home, url, clienttrust.fingerprints(armored)), nl=False)
+        return
+    for fpr in clienttrust.trust(armored, home):
+        click.echo(f"trusted {fpr} in {home}")
+
+
 def _packages(data: dict) -> Iterable[tuple[str, dict]]:
     """The queue's packages as (key, entry), whether the gateway sent a list or a mapping."""
     packages = data.get("packages") or []
@@ -486,13 +516,34 @@ _node_option = click.option("--node", "nodes", multiple=True, metavar="NAME",
 @click.option("--base-port", type=click.IntRange(0, 65535), default=7100, show_default=True,
               help="First port to use; 0 asks the kernel for free ports.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address every node binds.")
-def cluster_init(directory: Path, orchestrators: int, drones: int, base_port: int, host: str) -> None:
+@click.option("--signing/--no-signing", default=True, show_default=True,
+              help="Make a signing key (DIRECTORY/signing/) the orchestrators sign packages with.")
+def cluster_init(directory: Path, orchestrators: int, drones: int, base_port: int, host: str,  # noqa: PLR0917
+                 signing: bool) -> None:
     """Write one config file per node (and a gateway's) into DIRECTORY."""
     from swarmmesh import cluster as local
 
     for path in local.init_cluster(directory, orchestrators=orchestrators, drones=drones,
-                                   base_port=base_port, host=host):
+                                   base_port=base_port, host=host, sign=signing):
         click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.option("--signing", is_flag=True, help="Make the swarm's OpenPGP package-signing key.")
+@click.option("--dir", "directory", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Where to write the key files (never overwritten).")
+def keygen(signing: bool, directory: Path) -> None:
+    """Make keys: with --signing, the OpenPGP key orchestrators sign packages with.
+
+    Writes signing-key.sec.asc (secret, mode 0600: name it in [signing] key_file) and
+    signing-key.asc (public: what clients trust)."""
+    if not signing:
+        raise errors.InputError("say which key to make: --signing (the package-signing key)")
+    from swarmmesh.signing import generate_key
+
+    made = generate_key(directory)
+    click.echo(f"wrote {made.secret} (secret: [signing] key_file) and {made.public} (public)")
+    click.echo(f"fingerprint {made.fingerprint}")
 
 
 @cluster.command("up")

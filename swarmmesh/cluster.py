@@ -35,6 +35,7 @@ PORT_KEYS = ("raft_port", "broker_port", "artifacts_port", "events_port", "binho
 GATEWAY_OFFSET = 90
 DRONE_SLOTS = 2
 LOG_TAIL_LINES = 20
+SIGNING_DIR = "signing"  # where `init` puts the swarm's signing key, beside the configs
 _DRONE_KEYS = ("cores", "slots", "builder", "work_dir")
 _POLL = 0.05
 
@@ -125,10 +126,24 @@ def _drone_toml(overrides: dict | None) -> str:
     return "".join(_table(header, values) for header, values in tables)
 
 
-def _node_toml(name: str, role: str, shared: str, builder_overrides: dict | None) -> str:
+def _node_toml(name: str, role: str, shared: str, builder_overrides: dict | None, signing: str = "") -> str:
     head = "# Written by `swarmmesh cluster init`; conf/*.toml in the source explains every key.\n"
     text = head + _table("[node]", {"name": name, "role": role, "data_dir": f"data/{name}"}) + shared
-    return text + (_drone_toml(builder_overrides) if role == "drone" else "")
+    return text + (_drone_toml(builder_overrides) if role == "drone" else "") + \
+        (signing if role == "orchestrator" else "")
+
+
+def _signing_toml(root: Path, sign: bool) -> str:
+    """[signing] of the orchestrators: a key made here (``SIGNING_DIR``), or reused if one is."""
+    if not sign:
+        return ""
+    from swarmmesh import signing
+
+    folder = root / SIGNING_DIR
+    if not (folder / signing.SECRET_FILE).exists():
+        made = signing.generate_key(folder)
+        log.info("made the signing key %s in %s", made.fingerprint, folder)
+    return _table("[signing]", {"key_file": f"{SIGNING_DIR}/{signing.SECRET_FILE}"})
 
 
 def _write_new(path: Path, text: str) -> None:
@@ -156,10 +171,12 @@ def _write_all(files: dict[Path, str]) -> None:
 def init_cluster(directory: str | os.PathLike[str], orchestrators: int = 3, drones: int = 2,
                  base_port: int = 7100, host: str = "127.0.0.1", *, secret: str | None = None,
                  builder_overrides: dict | None = None, queue_overrides: dict | None = None,
-                 raft_overrides: dict | None = None, cluster_overrides: dict | None = None) -> list[Path]:
+                 raft_overrides: dict | None = None, cluster_overrides: dict | None = None,
+                 sign: bool = True) -> list[Path]:
     """Write one config per node into `directory` and return their paths (orchestrators,
     drones, gateway). Every file is loaded back before this returns, so what it writes is
-    what nodes will accept."""
+    what nodes will accept. `sign`: make a signing key (in ``signing/``) that every
+    orchestrator signs packages with."""
     _check_layout(orchestrators, drones, base_port)
     root = Path(directory)
     names = [(f"orch-{i}", "orchestrator") for i in range(1, orchestrators + 1)]
@@ -171,8 +188,9 @@ def init_cluster(directory: str | os.PathLike[str], orchestrators: int = 3, dron
     ports, gateway_port = _port_layout(orchestrators, base_port)
     shared = _shared_toml(host, secret if secret is not None else secrets.token_urlsafe(32), ports,
                           gateway_port, raft=raft_overrides, queue=queue_overrides, cluster=cluster_overrides)
-    files = {root / f"{n}.toml": _node_toml(n, role, shared, builder_overrides) for n, role in names}
     root.mkdir(parents=True, exist_ok=True)
+    signing = _signing_toml(root, sign)
+    files = {root / f"{n}.toml": _node_toml(n, role, shared, builder_overrides, signing) for n, role in names}
     _write_all(files)
     log.info("wrote %d node configs into %s", len(files), root)
     return list(files)

@@ -32,7 +32,7 @@ MIN_SECRET_LENGTH = 16
 PLACEHOLDER_MARKER = "change-me"
 #: Node names become file names (logs, pid files, data dirs), so they stay in a safe alphabet.
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
-_SECTIONS = ("node", "cluster", "orchestrators", "gateway", "raft", "queue", "drone")
+_SECTIONS = ("node", "cluster", "orchestrators", "gateway", "raft", "queue", "drone", "signing")
 _PORT_KEYS = ("raft_port", "broker_port", "artifacts_port", "events_port", "binhost_port")
 
 
@@ -126,6 +126,20 @@ class EmergeBuilder:
     env: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class SigningConfig:
+    """``[signing]`` (orchestrators): the swarm's OpenPGP key, which signs every package.
+
+    Either `key_file` (a secret key without passphrase, from ``swarmmesh keygen --signing``)
+    or `gnupg_home` + `key` (a key in an existing GnuPG home, used through gpg). `trusted`
+    names further public keys whose signatures stay valid: the old key during a rotation."""
+
+    key_file: Path | None = None
+    gnupg_home: Path | None = None
+    key: str | None = None
+    trusted: tuple[Path, ...] = ()
+
+
 def _cpu_count() -> int:
     return os.cpu_count() or 1
 
@@ -156,6 +170,7 @@ class NodeConfig:
     keep_releases: int = 5
     log_level: str = "INFO"
     scrub_interval: float = 600.0  # seconds between two passes of the store's scrubber
+    signing: SigningConfig | None = None  # None: packages are served unsigned
 
     def me(self) -> OrchestratorAddr:
         """This node's own entry: an orchestrator binds the ports listed under its name."""
@@ -442,6 +457,25 @@ def _drone(t: _Table, base: Path, data_dir: Path) -> DroneConfig:
     return drone
 
 
+def _signing(t: _Table, base: Path) -> SigningConfig | None:
+    if not t.data:
+        return None
+    def path(key: str) -> Path | None:
+        return t.path(key, base, "") if key in t.data else None
+    trusted = tuple((base / Path(p).expanduser()).absolute()
+                    for p in t.get("trusted", "an array of strings", [], ["old-key/signing-key.asc"]))
+    signing = SigningConfig(key_file=path("key_file"), gnupg_home=path("gnupg_home"),
+                            key=t.string("key", None, "0123456789ABCDEF0123456789ABCDEF01234567"), trusted=trusted)
+    t.finish()
+    if (signing.key_file is None) == (signing.gnupg_home is None):
+        t.fail("key_file", "name the signing key either by key_file or by gnupg_home and key, exactly one way",
+               'set key_file = "signing/signing-key.sec.asc" (make one with `swarmmesh keygen --signing '
+               '--dir signing`) or gnupg_home and key')
+    if signing.gnupg_home is not None and signing.key is None:
+        t.missing("key", "add key = the fingerprint of the secret key in gnupg_home")
+    return signing
+
+
 def _secret(t: _Table, role: str) -> str:
     secret = t.get("secret", "a string", "" if role != "orchestrator" else _MISSING, "<32 random characters>")
     if (secret or role == "orchestrator") and len(secret) < MIN_SECRET_LENGTH:
@@ -499,6 +533,7 @@ def _build(source: str, file: Path, data: dict[str, Any]) -> NodeConfig:
         auto_finalize=cluster.get("auto_finalize", "a boolean", False),
         keep_releases=cluster.integer("keep_releases", 5), log_level=log_level,
         scrub_interval=cluster.number("scrub_interval", 600.0),
+        signing=_signing(root.table("signing"), base),
     )
     cluster.finish()
     root.finish()

@@ -18,7 +18,9 @@ through the CLI and the gateway unchanged.
     └── ArtifactError        an uploaded or stored artifact failed validation
         ├── TransferError    the bytes did not arrive intact: the drone sends them again
         ├── CorruptError     a stored file no longer matches its sha256: fetch it again
-        └── FetchError       no holder could supply a file; says why, per holder
+        ├── FetchError       no holder could supply a file; says why, per holder
+        └── SignatureError   a package's OpenPGP signature is missing, bad or by a key the
+                             swarm does not trust, or a package could not be signed
 """
 
 from __future__ import annotations
@@ -107,3 +109,9 @@ class CorruptError(ArtifactError):
 
 class FetchError(ArtifactError):
     """No holder could supply a file; the message lists why, per holder."""
+
+
+class SignatureError(ArtifactError):
+    """A package's signature is missing, bad or untrusted, or it could not be signed."""
+
+    code = "signature"

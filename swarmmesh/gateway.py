@@ -416,6 +416,7 @@ class Gateway:
         app = web.Application(client_max_size=MAX_BODY + 1, middlewares=[_errors])
         app.router.add_get("/status", self._status)
         app.router.add_get("/binhost", self._binhost)
+        app.router.add_get("/signing-key.asc", self._signing_key)
         app.router.add_get("/swarm", self._simple("swarm"))
         app.router.add_post("/build", self._build)
         app.router.add_post("/finalize", self._finalize)
@@ -488,6 +489,21 @@ class Gateway:
         if url is None:
             return _json({"error": f"no binhost: {NO_LEADER}", "code": "no_leader"}, 503)
         return web.Response(text=url + "\n", content_type="text/plain")
+
+    async def _signing_key(self, request: web.Request) -> web.Response:
+        """The public signing key(s), as the chosen binhost serves them (the gateway holds no key)."""
+        url = choose_binhost(self.view, time.monotonic())
+        if url is None:
+            return _json({"error": f"no binhost: {NO_LEADER}", "code": "no_leader"}, 503)
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT)) as session, \
+                    session.get(url + "signing-key.asc") as resp:
+                body = await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return _json({"error": f"the binhost {url} did not answer ({exc}); try again", "code": "no_leader"}, 503)
+        if resp.status != 200:
+            return web.Response(status=resp.status, body=body, content_type="text/plain")
+        return web.Response(body=body, content_type="application/pgp-keys")
 
     def _simple(self, op: str) -> Any:
         async def handler(request: web.Request) -> web.Response:

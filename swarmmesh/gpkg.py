@@ -87,6 +87,7 @@ class GpkgInfo:
     md5: str
     sha1: str
     metadata: dict[str, str] = field(hash=False)
+    signer: str | None = None  # fingerprint of the swarm key that signed it (signer.py)
 
 
 _Opener = Callable[[], BinaryIO]  # opens the file being inspected (again), from its start

@@ -32,6 +32,7 @@ from swarmmesh.component import Component, Node
 from swarmmesh.config import NodeConfig
 from swarmmesh.errors import ArtifactError
 from swarmmesh.queue import DELEGATED, NEEDED, Package
+from swarmmesh.signer import PackageSigner
 from swarmmesh.store import Storage
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,10 @@ class _Events(FileSystemEventHandler):
 class Incoming(Component):
     """Component of an Orchestrator (leader only acts); see the module docstring."""
 
-    def __init__(self, node: Node, config: NodeConfig, storage: Storage) -> None:
+    def __init__(self, node: Node, config: NodeConfig, storage: Storage, *,
+                 signer: PackageSigner | None = None) -> None:
         self.node = node
+        self._signer = signer
         self.storage = storage
         self.dir = Path(config.data_dir) / "staging" / "incoming"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -145,6 +148,10 @@ class Incoming(Component):
                 raise ArtifactError("not a regular file (a link or a device)")
             info = gpkg.inspect_gpkg(staged)
             key, drone = self._package_for(info)
+            if self._signer is not None:  # signed like an upload, before `received`
+                info, signed = self._signer.sign(info, staged, key)
+                assert signed.path is not None
+                os.replace(signed.path, staged)
             store.put(staged, info.sha256)
             self.storage.durable.wait()  # data and rename on disk before `received`, as for uploads
             self.storage.entries.record(info)  # parsed in full just now: no second read

@@ -37,6 +37,7 @@ from swarmmesh.incoming import Incoming
 from swarmmesh.queue import BuildQueue
 from swarmmesh.releases import Releases
 from swarmmesh.replication import Replicator
+from swarmmesh.signer import from_config as signer_from_config
 from swarmmesh.store import Storage
 
 log = logging.getLogger(__name__)
@@ -71,13 +72,15 @@ class Orchestrator:
         # the node's storage if it keeps or serves files, and the functions of other parts it
         # calls; nothing else reaches it.
         self.storage = Storage(Path(config.data_dir))
+        self.signer = signer_from_config(config.signing, self.storage.store.tmp)  # None: unsigned
         self.broker = Broker(self, config, clock=self.now, wall=self.wall)
-        self.receiver = Receiver(self, config, self.storage, self.ctx, settle=self.broker.settle)
-        self.releases = Releases(self, config, self.storage)
+        self.receiver = Receiver(self, config, self.storage, self.ctx, settle=self.broker.settle,
+                                 signer=self.signer)
+        self.releases = Releases(self, config, self.storage, signer=self.signer)
         self.replicator = Replicator(self, config, self.storage, relink=self.releases.relink)
-        self.incoming = Incoming(self, config, self.storage)
+        self.incoming = Incoming(self, config, self.storage, signer=self.signer)
         self.binhost = Binhost(self, config, self.storage, serving=self.releases.serving_release,
-                               staging_feed=self.releases.staging_feed)
+                               staging_feed=self.releases.staging_feed, signer=self.signer)
         self.control = Control(self, config, fingerprint=self.election.fingerprint,
                                dispatch_new=self.broker.dispatch_new, balance=self.broker.balance,
                                serving=self.releases.serving_release)

@@ -824,6 +824,8 @@ def _files_by_sha(rel: Release | None) -> dict[str, Any]:
 
 
 def _file_of(pkg: Package) -> dict:
-    """What a release needs to know about a received package's file, copied out of its result."""
+    """What a release needs to know about a received package's file, copied out of its result;
+    `signer` (the key that signed it) only when it was signed, so unsigned logs replay unchanged."""
     result = pkg.result or {}
-    return {"key": pkg.key, "cpv": pkg.cpv, **{name: result.get(name) for name in FILE_FIELDS}}
+    signer = {"signer": result["signer"]} if result.get("signer") else {}
+    return {"key": pkg.key, "cpv": pkg.cpv, **{name: result.get(name) for name in FILE_FIELDS}, **signer}

@@ -31,6 +31,7 @@ from swarmmesh.component import Component, Node
 from swarmmesh.config import NodeConfig
 from swarmmesh.errors import ArtifactError, InputError
 from swarmmesh.pkgindex import gzip_bytes, index_entry, release_paths, render_packages
+from swarmmesh.signer import PackageSigner, ReleaseCheck
 from swarmmesh.staging import Feed, ReceivedView, Stager
 from swarmmesh.store import Storage, fsync_dir
 
@@ -152,8 +153,11 @@ class Releases(Component):
     File work runs on one worker thread; the loop only decides and commits, at a cost that
     follows what changed in the log (its change feed), not how many packages it holds."""
 
-    def __init__(self, node: Node, config: NodeConfig, storage: Storage) -> None:
+    def __init__(self, node: Node, config: NodeConfig, storage: Storage, *,
+                 signer: PackageSigner | None = None) -> None:
         self.node = node
+        self._check = ReleaseCheck(signer)  # nothing unverifiable is served
+        self._refused: set[str] = set()  # files sent back to needed by the check
         self.storage = storage
         self.auto_finalize = config.auto_finalize  # finalize completed batches (leader only)
         self._keep_releases = config.keep_releases
@@ -284,6 +288,12 @@ class Releases(Component):
                 self.node.post(functools.partial(self.storage.drop, sha, f"cannot be indexed: {exc}"))
 
     def _publish(self, rel: Release) -> None:
+        bad = self._check.failures(rel.files, self.storage.path)
+        if bad:
+            for f, why in bad:
+                self.node.post(functools.partial(self._unverified, f, why))
+            self.node.post(lambda: self._publish_failed(rel.id))
+            return
         try:
             placed = release_paths(rel.files)
             links = [(self.storage.path(f["sha256"]), path) for f, path in placed]
@@ -296,6 +306,15 @@ class Releases(Component):
             return
         log.info("serving release %s (%d packages, stamp %d)", rel.id, len(rel.files), rel.stamp)
         self.node.post(lambda: self._published(rel.id))
+
+    def _unverified(self, f: dict, why: str) -> None:
+        """A release file whose signature does not verify goes back to needed, once (`lose` is
+        conditional on the sha256, so a late or repeated commit undoes no newer build)."""
+        if f["sha256"] in self._refused:
+            return
+        self._refused.add(f["sha256"])
+        log.error("%s: refused by the release check (%s); building it again", f.get("key"), why)
+        self.node.commit("lose", f.get("key"), f["sha256"], f"signature check failed: {why}", self.node.wall())
 
     def _publish_failed(self, release_id: str) -> None:
         """Wait a while, and then check every file again (one may have been dropped meanwhile)."""

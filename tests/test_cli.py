@@ -429,10 +429,10 @@ def local_cluster(monkeypatch: pytest.MonkeyPatch) -> list:
 def test_cluster_init_defaults_and_options(local_cluster: list, tmp_path: Path) -> None:
     assert run("cluster", "init", str(tmp_path)).stdout == "wrote /c/orch-1.toml\n"
     assert run("cluster", "init", str(tmp_path), "--orchestrators", "5", "--drones", "0",
-               "--base-port", "0", "--host", "127.0.0.1").exit_code == 0
+               "--base-port", "0", "--host", "127.0.0.1", "--no-signing").exit_code == 0
     assert [kwargs for _, _, kwargs in local_cluster] == [
-        {"orchestrators": 3, "drones": 2, "base_port": 7100, "host": "127.0.0.1"},
-        {"orchestrators": 5, "drones": 0, "base_port": 0, "host": "127.0.0.1"}]
+        {"orchestrators": 3, "drones": 2, "base_port": 7100, "host": "127.0.0.1", "sign": True},
+        {"orchestrators": 5, "drones": 0, "base_port": 0, "host": "127.0.0.1", "sign": False}]
     assert run("cluster", "init", str(tmp_path), "--orchestrators", "0").exit_code == 2
 
 

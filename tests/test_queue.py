@@ -404,7 +404,7 @@ def test_reset_forgets_the_queue_but_keeps_releases_and_terms(q):
 
 def result_for(key: str, node: str = "o1") -> dict:
     return {"sha256": f"sha-{key}", "size": 4096, "md5": "m", "sha1": "s", "path": f"cat/{key}.gpkg.tar",
-            "build_id": 1, "holders": [node]}
+            "build_id": 1, "holders": [node], "signer": "F1NGERPR1NT"}
 
 
 def test_complete_registers_holders_and_hold_unhold_track_them(q):
@@ -428,7 +428,7 @@ def test_finalize_records_files_batches_and_increasing_stamps(q):
     q.finalize("r1", 100.9, True)
     rel = q.newest_release()
     assert rel.files == [{"key": "a", "cpv": "a", **{k: result_for("a")[k] for k in
-                         ("sha256", "size", "md5", "sha1", "path", "build_id")}}]
+                         ("sha256", "size", "md5", "sha1", "path", "build_id", "signer")}}]  # who signed it too
     assert (rel.stamp, rel.batches) == (100, [])
     delegate(q, "b")
     q.complete("b", "d1", 1, result_for("b"), 2.0)
@@ -495,7 +495,8 @@ def test_change_feed_lists_each_changed_file_once_with_its_record(q):
     assert {sha: q.artifact(sha) for sha in ("sha-a", "sha-b")} == q.artifacts()
     assert q.artifact("sha-b") == {"key": "b", "size": 4096, "holders": []} and q.artifact("sha-x") is None
     assert q.received("sha-a") == [q.received()[0]] and q.received("sha-x") == []
-    assert q.received()[0] == (1, {"key": "a", "cpv": "a", **{k: result_for("a")[k] for k in queue.FILE_FIELDS}})
+    fields = (*queue.FILE_FIELDS, "signer")
+    assert q.received()[0] == (1, {"key": "a", "cpv": "a", **{k: result_for("a")[k] for k in fields}})
     q.lose("a", "sha-a", "gone", 2.0)
     assert q.changed_files(pos)[1] == ["sha-a"] and q.artifact("sha-a") is None
     assert [f["key"] for _, f in q.received()] == ["b"]

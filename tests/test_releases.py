@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from swarmmesh import releases
+from swarmmesh import gentoo, releases, signing
 from swarmmesh.errors import InputError
 from swarmmesh.releases import Releases
+from swarmmesh.signer import PackageSigner
 from tests.conftest import wait_until
 from tests.fakes import FakeNode, receive, store_gpkg
 from tests.test_pkgindex import entry_for, read_index
@@ -243,3 +244,28 @@ def test_staging_renders_are_spaced_by_what_the_last_one_cost(component):
     assert infos[2].sha256 not in comp.staging.paths.values()
     at(node, comp, 100.6 + wait + 0.1)
     assert infos[2].sha256 in comp.staging.paths.values()
+
+
+def test_a_release_with_a_file_that_fails_the_signature_check_is_not_served_and_the_file_is_rebuilt(node, tmp_path):
+    key = signing.SequoiaKey(signing.generate_key(tmp_path / "key").secret)
+    signer = PackageSigner(key, signing.Keyring([key.public_key()]), node.storage.store.tmp)
+    signed_info = store_gpkg(node, "app-misc/signed-1.0")
+    signed_info, signed = signer.sign(signed_info, node.storage.store.path(signed_info.sha256), "signed")
+    node.storage.store.put(signed.path, signed_info.sha256)
+    unsigned = store_gpkg(node, "app-misc/unsigned-1.0")
+    for info in (signed_info, unsigned):
+        receive(node, info)
+    node.storage.holds = node.storage.store.has  # held: whatever is in the store
+    comp = Releases(node, node.config, node.storage, signer=signer)
+    try:
+        node.queue.finalize("r-1", 1000.0, True)
+        step(node, comp, lambda: node.queue.peek("app-misc/unsigned-1.0").state == "needed",
+             "the unsigned package to go back to needed")
+        assert comp.serving is None and "signature check failed" in node.queue.peek("app-misc/unsigned-1.0").error
+        assert node.queue.peek("app-misc/signed-1.0").state == "received"
+        node.queue.finalize("r-2", 1001.0, True)  # what is received now: the signed package alone
+        step(node, comp, lambda: comp.serving == "r-2", "the verified release to be served")
+        served = Path(node.config.data_dir) / "current" / gentoo.gpkg_relpath(signed_info.cpv, 1)
+        assert signer.verify(served, "served") == key.fingerprint
+    finally:
+        comp.close()
