@@ -379,12 +379,22 @@ def binhost(api: Any) -> None:
     click.echo(api.binhost())
 
 
-@cli.group()
-def client() -> None:
-    """Set up this machine's Portage as a client of the swarm's binhost."""
+class _ClientGroup(click.Group):
+    """`swarmmesh client trust` is a subcommand; anything else (`client world`, `client ATOM...`,
+    `client --from-file F`) goes to the build command, so both interfaces keep their spelling."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["build", *args]
+        return super().parse_args(ctx, args)
 
 
-@client.command("trust")
+@click.group("client", cls=_ClientGroup)
+def client_group() -> None:
+    """This machine as a client: build its world (`client world|ATOM...`), trust the swarm's key."""
+
+
+@client_group.command("trust")
 @click.option("--gateway", metavar="URL", envvar="SWARMMESH_GATEWAY",
               help=f"Gateway to fetch /signing-key.asc from; env SWARMMESH_GATEWAY (default {DEFAULT_GATEWAY}).")
 @click.option("--key", "key_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -495,6 +505,11 @@ def client(  # noqa: PLR0917 -- click hands every option over as an argument
     click.echo("then run: " + " ".join(run.emerge_command(wanted)))
     if done.failed:
         raise click.exceptions.Exit(1)
+
+
+client.hidden = True  # `swarmmesh client world|ATOM...`: the client group's default command
+client_group.add_command(cli.commands.pop("client"), "build")
+cli.add_command(client_group)
 
 
 # --- local clusters ---------------------------------------------------------------------

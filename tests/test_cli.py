@@ -528,3 +528,14 @@ def test_help_imports_no_role_module() -> None:
     assert done.returncode == 0, done.stderr
     assert "orchestrator" in done.stdout and "cluster" in done.stdout
     assert done.stdout.splitlines()[-1] == "['swarmmesh.cli', 'swarmmesh.errors', 'swarmmesh.logs']"
+
+
+def test_keygen_signing_and_client_trust_print(tmp_path: Path) -> None:
+    made = run("keygen", "--signing", "--dir", str(tmp_path / "k"))
+    assert made.exit_code == 0 and "fingerprint " in made.stdout
+    assert run("keygen", "--dir", str(tmp_path / "other")).exit_code != 0  # which key: --signing
+    shown = run("client", "trust", "--key", str(tmp_path / "k" / "signing-key.asc"),
+                "--gnupg-home", str(tmp_path / "gnupg"), "--print")
+    assert shown.exit_code == 0, shown.output
+    assert f"--quick-lsign-key {made.stdout.split()[-1]}" in shown.stdout
+    assert f"gpg --homedir {tmp_path / 'gnupg'} --batch --no-tty --import" in shown.stdout
