@@ -34,8 +34,6 @@ import time  # noqa: E402
 import uuid  # noqa: E402
 from datetime import datetime  # noqa: E402
 
-import zmq  # noqa: E402
-
 from swarmmesh import protocol, transport  # noqa: E402
 from swarmmesh.builders import SimulatedBuilder  # noqa: E402
 from swarmmesh.drone import Drone  # noqa: E402
@@ -60,8 +58,9 @@ class TimedBuilder(SimulatedBuilder):
 class RouterClient:
     """A persistent DEALER to the leader, for submits that skip the gateway's HTTP."""
 
-    def __init__(self, url: str) -> None:
-        self.sock = transport.dealer(zmq.Context.instance(), url)
+    def __init__(self, url: str, curve: transport.Curve | None) -> None:
+        self.ctx = transport.context(curve)  # the cluster's admin key (None: CURVE off)
+        self.sock = transport.dealer(self.ctx, url)
 
     def submit(self, atom: str) -> None:
         self.call("submit", {"packages": [atom], "client": "bench"})
@@ -76,6 +75,7 @@ class RouterClient:
 
     def close(self) -> None:
         self.sock.close(0)
+        self.ctx.term()
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -110,7 +110,7 @@ def _with_drone(c: LocalCluster, trials: int) -> dict[str, dict[str, list[float]
     try:
         leader = c.leader(timeout=20)
         wait_until(lambda: drone.welcomed, 10, "the drone to be welcomed")
-        router = RouterClient(c.configs[leader].me().broker_url)
+        router = RouterClient(c.configs[leader].me().broker_url, c.curve)
         ways = {"gateway HTTP": lambda atom: c.api.submit_packages([atom], client="bench"),
                 "leader ROUTER": router.submit}
         results = {way: _trials(way, submit, trials, builder, drone) for way, submit in ways.items()}
@@ -166,7 +166,7 @@ def throughput(packages: int, where: str | None = None, sign: bool = True) -> di
             pids = {name: c.pid(name) for name in c.configs}
             cpu0 = {name: _cpu(pid) for name, pid in pids.items()}
             atoms = [f"=app-misc/tp{i}-1.{i % 97}" for i in range(packages)]
-            router = RouterClient(c.configs[leader].me().broker_url)
+            router = RouterClient(c.configs[leader].me().broker_url, c.curve)
             index0 = router.call("status")["commit_index"]
             t0 = time.time()
             c.api.submit_packages(atoms, client="bench")

@@ -16,6 +16,7 @@ import urllib.request
 from typing import Any
 
 from swarmmesh.errors import (
+    AuthError,
     BadAtomsError,
     ClusterError,
     CommitError,
@@ -50,9 +51,10 @@ def _check_url(url: str) -> str:
 class GatewayClient:
     """One method per gateway endpoint; each returns the decoded JSON answer or raises."""
 
-    def __init__(self, url: str, timeout: float = 10.0):
+    def __init__(self, url: str, timeout: float = 10.0, token: str | None = None):
         self.url = _check_url(url)
         self.timeout = timeout
+        self.token = token  # admin token, sent as Authorization: Bearer
 
     def status(self) -> dict:
         return self._call("GET", "/status")
@@ -110,6 +112,8 @@ class GatewayClient:
         req = urllib.request.Request(self.url + path, data=body, method=method)  # noqa: S310 - http:// checked
         if ctype:
             req.add_header("Content-Type", ctype)
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
         try:
             with _OPENER.open(req, timeout=self.timeout) as resp:
                 return resp.read()
@@ -142,7 +146,8 @@ class GatewayClient:
         return _exception(status, str(body.get("code", "")), message, body)
 
 
-_BY_STATUS: dict[int, type[SwarmError]] = {400: InputError, 413: InputError, 409: RefusedError}
+_BY_STATUS: dict[int, type[SwarmError]] = {400: InputError, 413: InputError, 409: RefusedError,
+                                           401: AuthError, 403: AuthError}
 _BY_CODE_503: dict[str, type[SwarmError]] = {
     "no_leader": NoLeaderError, "not_leader": NoLeaderError, "not_committed": CommitError}
 

@@ -34,6 +34,7 @@ from swarmmesh import gentoo, gpkg, protocol, transport
 from swarmmesh.component import Component, Node
 from swarmmesh.config import NodeConfig
 from swarmmesh.errors import ArtifactError, ProtocolError, TransferError
+from swarmmesh.keys import Gatekeeper
 from swarmmesh.signer import PackageSigner
 from swarmmesh.store import Storage, Store
 
@@ -138,12 +139,15 @@ class Upload:
 
 class Receiver(Component):
     """Component of an Orchestrator: owns the PULL socket, and writes uploads into the node's
-    storage. `settle(drone, key)`: the broker's, frees the drone's build slot."""
+    storage. `settle(drone, key)`: the broker's, frees the drone's build slot; `gate` says
+    which key sent a frame (only drones upload, each as itself)."""
 
     def __init__(self, node: Node, config: NodeConfig, storage: Storage, ctx: zmq.Context, *,
-                 settle: Callable[[str, str], None], signer: PackageSigner | None = None) -> None:
+                 settle: Callable[[str, str], None], signer: PackageSigner | None = None,
+                 gate: Gatekeeper | None = None) -> None:
         self.node = node
         self._signer = signer  # signs each validated package; None: stored unsigned
+        self._gate = gate if gate is not None else Gatekeeper()
         me = config.me()
         self._policy = config.queue
         self._settle = settle
@@ -166,7 +170,8 @@ class Receiver(Component):
 
     def on_poll(self, ready: dict) -> None:
         if self.pull in ready:
-            transport.drain(self.pull, self._frame, max(1, min(256, self._writer.room())), multipart=False)
+            transport.drain(self.pull, self._frame, max(1, min(256, self._writer.room())), multipart=False,
+                            copy=False)
             if self._writer.room() <= 0:
                 self._pause()
 
@@ -201,11 +206,13 @@ class Receiver(Component):
         self.pull.close(0)
 
     # --- frames --------------------------------------------------------------------------
-    def _frame(self, frame: bytes) -> None:
+    def _frame(self, frame: zmq.Frame) -> None:
         try:
-            msg = protocol.decode(frame, max_size=protocol.MAX_CHUNK_FRAME)
+            msg = protocol.decode(frame.buffer, max_size=protocol.MAX_CHUNK_FRAME)
         except ProtocolError as exc:
             log.warning("rejected an artifact frame: %s", exc)
+            return
+        if self._gate.on and not self._from_drone(frame, msg):
             return
         if isinstance(msg, protocol.Chunk):
             self._chunk(msg)
@@ -213,6 +220,13 @@ class Receiver(Component):
             self._trailer(msg)
         else:
             log.warning("unexpected %r message on the artifact socket", msg.TYPE)
+
+    def _from_drone(self, frame: zmq.Frame, msg: protocol.Message) -> bool:
+        """Only drones' keys upload, and a trailer must name the drone whose key sent it."""
+        if isinstance(msg, protocol.Trailer):
+            return self._gate.allows(frame, msg)
+        sender = self._gate.sender(frame)
+        return sender is not None and sender.role == "drone"
 
     def _chunk(self, chunk: protocol.Chunk) -> None:
         if not self.node.is_leader() or not _UPLOAD_ID.match(chunk.upload):

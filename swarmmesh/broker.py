@@ -238,6 +238,15 @@ class Broker(Component):
         else:
             acknowledge()
 
+    def drop(self, drone: str, reason: str) -> None:
+        """Forget a drone now (its key was revoked): its jobs go back to needed through the log,
+        and whatever it sends from now on is refused by the gatekeeper."""
+        if self._term is None:
+            return  # not leading: the next leader never welcomes it
+        self.drones.pop(drone, None)
+        log.warning("drone %s dropped: %s; its jobs go back to needed", drone, reason)
+        self.node.commit("release_drone", drone, reason, self.wall())
+
     def settle(self, drone: str, key: str) -> None:
         """A build ended (its artifact arrived, or was rejected): free the slot and refill it."""
         session = self.drones.get(drone)

@@ -171,29 +171,36 @@ def drone(config_path: str, once: bool) -> None:
 
 # --- client commands --------------------------------------------------------------------
 
-def _gateway_url(gateway: str | None, config_path: str | None) -> str:
-    """--gateway / SWARMMESH_GATEWAY, else the gateway named by the node config, else the default."""
-    if gateway:
-        return gateway
-    if config_path:
-        return _load_config(config_path).gateway.url
-    return DEFAULT_GATEWAY
+def _client_settings(gateway: str | None, token: str | None, config_path: str | None) -> tuple[str, str | None]:
+    """The gateway URL (--gateway / SWARMMESH_GATEWAY, else the config's, else the default)
+    and the admin token (--token / SWARMMESH_TOKEN, else the config's [client] token)."""
+    if config_path and not (gateway and token):
+        from swarmmesh.config import load_client
+
+        from_file, file_token = load_client(config_path)
+        gateway, token = gateway or from_file, token or file_token
+    return gateway or DEFAULT_GATEWAY, token
 
 
 def client_command(fn: Callable) -> click.Command:
     """Register `fn(api, **options)` as a command that talks to a gateway.
 
-    Adds --gateway and --config, configures logging and hands `fn` a ready GatewayClient.
+    Adds --gateway, --token and --config, configures logging and hands `fn` a ready
+    GatewayClient.
     """
     @click.option("--gateway", metavar="URL", envvar="SWARMMESH_GATEWAY",
                   help=f"Gateway URL; env SWARMMESH_GATEWAY (else from --config, else {DEFAULT_GATEWAY}).")
+    @click.option("--token", metavar="TOKEN", envvar="SWARMMESH_TOKEN",
+                  help="Admin token for commands that change the cluster; env SWARMMESH_TOKEN "
+                  "(else [client] token from --config).")
     @_config_option(required=False)
     @functools.wraps(fn)
-    def command(gateway: str | None, config_path: str | None, **options: Any) -> None:
+    def command(gateway: str | None, token: str | None, config_path: str | None, **options: Any) -> None:
         logs.configure(_log_level("warning"))
         from swarmmesh.api import GatewayClient
 
-        fn(GatewayClient(_gateway_url(gateway, config_path)), **options)
+        url, token = _client_settings(gateway, token, config_path)
+        fn(GatewayClient(url, token=token), **options)
 
     return cli.command()(command)
 
@@ -512,6 +519,43 @@ client_group.add_command(cli.commands.pop("client"), "build")
 cli.add_command(client_group)
 
 
+# --- keys -------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Where to write the key files (never overwritten).")
+@click.option("--role", type=click.Choice(["drone", "gateway", "client", "orchestrator"]), default="drone",
+              show_default=True, help="What the key may do on an orchestrator (written into the key file).")
+@click.option("--signing", is_flag=True, help="Make the swarm's OpenPGP package-signing key instead (no NAME).")
+def keygen(name: str | None, directory: Path, role: str, signing: bool) -> None:
+    """Write a CURVE key pair for node NAME into DIR (NAME.key public, NAME.key_secret 0600).
+
+    Give the node its NAME.key_secret (its config's [keys] dir) and copy NAME.key into every
+    orchestrator's authorized_keys directory: it is accepted at its next connection.
+
+    With --signing: the OpenPGP key orchestrators sign packages with, signing-key.sec.asc
+    (secret, mode 0600: name it in [signing] key_file) and signing-key.asc (public: what
+    clients trust).
+    """
+    if signing:
+        if name is not None:
+            raise click.UsageError("--signing makes the swarm's one signing key: give no NAME")
+        from swarmmesh.signing import generate_key
+
+        made = generate_key(directory)
+        click.echo(f"wrote {made.secret} (secret: [signing] key_file) and {made.public} (public)")
+        click.echo(f"fingerprint {made.fingerprint}")
+        return
+    if name is None:
+        raise click.UsageError("NAME is required: the node the key pair is for (e.g. drone-3), or --signing")
+    from swarmmesh import keys
+
+    public, secret = keys.keygen(name, directory, role=role)
+    click.echo(f"wrote {public} (public: copy it into the orchestrators' authorized_keys)")
+    click.echo(f"wrote {secret} (secret: keep it on {name} only)")
+
+
 # --- local clusters ---------------------------------------------------------------------
 
 @cli.group()
@@ -541,24 +585,6 @@ def cluster_init(directory: Path, orchestrators: int, drones: int, base_port: in
     for path in local.init_cluster(directory, orchestrators=orchestrators, drones=drones,
                                    base_port=base_port, host=host, sign=signing):
         click.echo(f"wrote {path}")
-
-
-@cli.command()
-@click.option("--signing", is_flag=True, help="Make the swarm's OpenPGP package-signing key.")
-@click.option("--dir", "directory", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Where to write the key files (never overwritten).")
-def keygen(signing: bool, directory: Path) -> None:
-    """Make keys: with --signing, the OpenPGP key orchestrators sign packages with.
-
-    Writes signing-key.sec.asc (secret, mode 0600: name it in [signing] key_file) and
-    signing-key.asc (public: what clients trust)."""
-    if not signing:
-        raise errors.InputError("say which key to make: --signing (the package-signing key)")
-    from swarmmesh.signing import generate_key
-
-    made = generate_key(directory)
-    click.echo(f"wrote {made.secret} (secret: [signing] key_file) and {made.public} (public)")
-    click.echo(f"fingerprint {made.fingerprint}")
 
 
 @cluster.command("up")

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -38,6 +39,10 @@ LOG_TAIL_LINES = 20
 SIGNING_DIR = "signing"  # where `init` puts the swarm's signing key, beside the configs
 _DRONE_KEYS = ("cores", "slots", "builder", "work_dir")
 _POLL = 0.05
+KEYS_DIR = "keys"
+AUTHORIZED_DIR = "authorized_keys"
+#: The admin: its CURVE key (role client) and its token (DIR/admin.token).
+ADMIN = "admin"
 
 ArgvFor = Callable[[NodeConfig], list[str]]
 
@@ -99,12 +104,13 @@ def _table(header: str, values: dict | None) -> str:
 
 
 def _shared_toml(host: str, secret: str, ports: list[dict[str, int]], gateway_port: int, *,
-                 raft: dict | None, queue: dict | None, cluster: dict | None = None) -> str:
+                 raft: dict | None, queue: dict | None, cluster: dict | None = None,
+                 gateway: dict | None = None) -> str:
     """The part every node's file has in common: nodes must agree on it."""
     text = _table("[cluster]", {"secret": secret, **(cluster or {})})
     for i, orch in enumerate(ports, 1):
         text += _table("[[orchestrators]]", {"name": f"orch-{i}", "host": host, **orch})
-    text += _table("[gateway]", {"host": host, "port": gateway_port})
+    text += _table("[gateway]", {"host": host, "port": gateway_port, **(gateway or {})})
     return text + _table("[raft]", raft) + _table("[queue]", queue)
 
 
@@ -126,9 +132,14 @@ def _drone_toml(overrides: dict | None) -> str:
     return "".join(_table(header, values) for header, values in tables)
 
 
-def _node_toml(name: str, role: str, shared: str, builder_overrides: dict | None, signing: str = "") -> str:
+def _node_toml(name: str, role: str, shared: str, builder_overrides: dict | None, *, token: str,
+               signing: str = "") -> str:
     head = "# Written by `swarmmesh cluster init`; conf/*.toml in the source explains every key.\n"
     text = head + _table("[node]", {"name": name, "role": role, "data_dir": f"data/{name}"}) + shared
+    keys = {"dir": KEYS_DIR, "authorized": AUTHORIZED_DIR if role == "orchestrator" else None}
+    text += _table("[keys]", keys)
+    if role == "gateway":  # the admin token: the gateway checks it, client commands send it
+        text += _table("[gateway.tokens]", {ADMIN: token}) + _table("[client]", {"token": token})
     return text + (_drone_toml(builder_overrides) if role == "drone" else "") + \
         (signing if role == "orchestrator" else "")
 
@@ -146,6 +157,19 @@ def _signing_toml(root: Path, sign: bool) -> str:
     return _table("[signing]", {"key_file": f"{SIGNING_DIR}/{signing.SECRET_FILE}"})
 
 
+def _make_keys(root: Path, names: list[tuple[str, str]]) -> None:
+    """A key pair per node and one for the admin (harness, tests, scripts) in keys/, and the
+    public keys that orchestrators accept (everyone but the orchestrators) in authorized_keys/."""
+    from swarmmesh import keys
+
+    authorized = root / AUTHORIZED_DIR
+    authorized.mkdir(parents=True, exist_ok=True)
+    for name, role in [*names, (ADMIN, "client")]:
+        public, _secret = keys.keygen(name, root / KEYS_DIR, role=role)
+        if role != "orchestrator":
+            shutil.copyfile(public, authorized / public.name)
+
+
 def _write_new(path: Path, text: str) -> None:
     """Create, never overwrite; owner-only, since the file holds the cluster secret."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -161,7 +185,8 @@ def _write_all(files: dict[Path, str]) -> None:
             _write_new(path, text)
             written.append(path)
         for path in written:
-            load_config(path)
+            if path.suffix == ".toml":
+                load_config(path)
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)
@@ -172,11 +197,13 @@ def init_cluster(directory: str | os.PathLike[str], orchestrators: int = 3, dron
                  base_port: int = 7100, host: str = "127.0.0.1", *, secret: str | None = None,
                  builder_overrides: dict | None = None, queue_overrides: dict | None = None,
                  raft_overrides: dict | None = None, cluster_overrides: dict | None = None,
-                 sign: bool = True) -> list[Path]:
+                 gateway_overrides: dict | None = None, sign: bool = True) -> list[Path]:
     """Write one config per node into `directory` and return their paths (orchestrators,
-    drones, gateway). Every file is loaded back before this returns, so what it writes is
-    what nodes will accept. `sign`: make a signing key (in ``signing/``) that every
-    orchestrator signs packages with."""
+    drones, gateway), with a CURVE key pair per node in keys/, the public keys orchestrators
+    accept in authorized_keys/, and an admin token in admin.token (0600) and the gateway's
+    config. Every file is loaded back before this returns, so what it writes is what nodes
+    will accept. `sign`: make a signing key (in ``signing/``) that every orchestrator signs
+    packages with."""
     _check_layout(orchestrators, drones, base_port)
     root = Path(directory)
     names = [(f"orch-{i}", "orchestrator") for i in range(1, orchestrators + 1)]
@@ -185,15 +212,25 @@ def init_cluster(directory: str | os.PathLike[str], orchestrators: int = 3, dron
     if existing:
         raise ConfigError(f"refusing to overwrite existing node config(s): {', '.join(existing)}; "
                           "choose another directory or remove them first")
+    existing += [str(p) for p in (root / KEYS_DIR, root / "admin.token") if p.exists()]
+    if existing:
+        raise ConfigError(f"refusing to overwrite existing cluster files: {', '.join(existing)}; "
+                          "choose another directory or remove them first")
     ports, gateway_port = _port_layout(orchestrators, base_port)
     shared = _shared_toml(host, secret if secret is not None else secrets.token_urlsafe(32), ports,
-                          gateway_port, raft=raft_overrides, queue=queue_overrides, cluster=cluster_overrides)
+                          gateway_port, raft=raft_overrides, queue=queue_overrides, cluster=cluster_overrides,
+                          gateway=gateway_overrides)
+    token = secrets.token_urlsafe(32)
     root.mkdir(parents=True, exist_ok=True)
     signing = _signing_toml(root, sign)
-    files = {root / f"{n}.toml": _node_toml(n, role, shared, builder_overrides, signing) for n, role in names}
+    files = {root / f"{n}.toml": _node_toml(n, role, shared, builder_overrides, token=token, signing=signing)
+             for n, role in names}
+    files[root / "admin.token"] = token + "\n"
     _write_all(files)
-    log.info("wrote %d node configs into %s", len(files), root)
-    return list(files)
+    _make_keys(root, names)
+    configs = [path for path in files if path.suffix == ".toml"]
+    log.info("wrote %d node configs and their keys into %s", len(configs), root)
+    return configs
 
 
 # --- finding nodes and their processes ------------------------------------------------------

@@ -32,7 +32,8 @@ MIN_SECRET_LENGTH = 16
 PLACEHOLDER_MARKER = "change-me"
 #: Node names become file names (logs, pid files, data dirs), so they stay in a safe alphabet.
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
-_SECTIONS = ("node", "cluster", "orchestrators", "gateway", "raft", "queue", "drone", "signing")
+_SECTIONS = ("node", "cluster", "orchestrators", "gateway", "raft", "queue", "drone", "signing", "keys", "client")
+MIN_TOKEN_LENGTH = 16
 _PORT_KEYS = ("raft_port", "broker_port", "artifacts_port", "events_port", "binhost_port")
 
 
@@ -96,8 +97,13 @@ class QueuePolicy:
 
 @dataclass(frozen=True)
 class GatewayConfig:
+    """``[gateway]``; `tokens` (``[gateway.tokens]``, name -> token) steer the cluster over HTTP."""
+
     host: str = "127.0.0.1"
     port: int = 8090
+    tokens: dict[str, str] = field(default_factory=dict)
+    open_reads: bool = True          # GET endpoints need no token
+    build_rate: float = 60.0         # POST /build per client address per minute
 
     @property
     def url(self) -> str:
@@ -155,6 +161,15 @@ class DroneConfig:
 
 
 @dataclass(frozen=True)
+class KeysConfig:
+    """``[keys]``: where this node's CURVE key pair (and the orchestrators' public keys) live,
+    and, on an orchestrator, the directory of public keys it accepts."""
+
+    dir: Path
+    authorized: Path
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     path: Path
     name: str
@@ -171,6 +186,9 @@ class NodeConfig:
     log_level: str = "INFO"
     scrub_interval: float = 600.0  # seconds between two passes of the store's scrubber
     signing: SigningConfig | None = None  # None: packages are served unsigned
+    #: None only for configs made in code (unit tests' stand-ins): such a node is plaintext
+    keys: KeysConfig | None = None
+    client_token: str | None = None  # ``[client] token``: what client commands send
 
     def me(self) -> OrchestratorAddr:
         """This node's own entry: an orchestrator binds the ports listed under its name."""
@@ -417,9 +435,41 @@ def _queue(t: _Table) -> QueuePolicy:
 
 
 def _gateway(t: _Table) -> GatewayConfig:
-    gateway = GatewayConfig(host=t.host("host", "127.0.0.1"), port=t.port("port", 8090))
+    tokens = t.table("tokens")
+    for name, token in tokens.data.items():
+        if not _NAME_RE.match(name):
+            tokens.fail(name, "is not a valid token name", "name tokens with letters, digits, '.', '_' or '-'")
+        _token(tokens, name, token)
+    tokens.known.extend(tokens.data)
+    gateway = GatewayConfig(
+        host=t.host("host", "127.0.0.1"), port=t.port("port", 8090), tokens=dict(tokens.data),
+        open_reads=t.get("open_reads", "a boolean", True),
+        build_rate=t.number("build_rate", 60.0),
+    )
     t.finish()
     return gateway
+
+
+def _token(t: _Table, key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        t.fail(key, f"expected a string, got {_describe(value)}", f'write it like {key} = "<token>"')
+    if len(value) < MIN_TOKEN_LENGTH or any(ch.isspace() for ch in value):
+        t.fail(key, f"a token must be at least {MIN_TOKEN_LENGTH} characters without spaces",
+               "generate one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    return value
+
+
+def _keys(t: _Table, base: Path) -> KeysConfig:
+    keys = KeysConfig(dir=t.path("dir", base, "keys"), authorized=t.path("authorized", base, "authorized_keys"))
+    t.finish()
+    return keys
+
+
+def _client(t: _Table) -> str | None:
+    token = _token(t, "token", t.data["token"]) if "token" in t.data else None
+    t.known.append("token")
+    t.finish()
+    return token
 
 
 def _simulated(t: _Table) -> SimulatedBuilder:
@@ -534,6 +584,7 @@ def _build(source: str, file: Path, data: dict[str, Any]) -> NodeConfig:
         keep_releases=cluster.integer("keep_releases", 5), log_level=log_level,
         scrub_interval=cluster.number("scrub_interval", 600.0),
         signing=_signing(root.table("signing"), base),
+        keys=_keys(root.table("keys"), base), client_token=_client(root.table("client")),
     )
     cluster.finish()
     root.finish()
@@ -558,6 +609,24 @@ def _read_toml(source: str, file: Path) -> dict[str, Any]:
         raise ConfigError(
             f"{source}: TOML syntax error: {exc}; fix it there (conf/*.toml has examples)"
         ) from None
+
+
+def load_client(path: str | os.PathLike[str]) -> tuple[str | None, str | None]:
+    """(gateway URL, ``[client] token``) of a file for client commands: a node config, or a
+    file holding only a ``[client]`` table with `gateway` and `token` (an admin's workstation
+    has no node config)."""
+    source = os.fspath(path)
+    file = Path(source).expanduser().resolve()
+    data = _read_toml(source, file)
+    if "node" in data:
+        config = _build(source, file, data)
+        return config.gateway.url, config.client_token
+    root = _Table(source, "", data)
+    root.known.append("client")
+    root.finish()
+    client = root.table("client", required=True)
+    gateway = client.get("gateway", "a string", None, "http://127.0.0.1:8090")
+    return gateway, _client(client)
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> NodeConfig:

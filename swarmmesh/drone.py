@@ -22,7 +22,7 @@ from typing import Any
 
 import zmq
 
-from swarmmesh import gentoo, protocol, transport
+from swarmmesh import gentoo, keys, protocol, transport
 from swarmmesh.builders import SIMULATED_ARTIFACT, Builder, BuildResult, check_repo, make_builder
 from swarmmesh.buildpool import BUILDING, FAILED, QUEUED, UPLOADING, BuildPool, DroneJob, WorkDirs, remove
 from swarmmesh.config import NodeConfig
@@ -68,7 +68,7 @@ class Drone:
         self.dying: list[DroneJob] = []       # cancelled builds whose thread has not returned yet
         self.settled = 0
         self.inbox = transport.Inbox()  # builds and uploads run in threads; results come back here
-        self.ctx = zmq.Context()
+        self.ctx = transport.context(keys.node_curve(config))  # CURVE on every socket made from it
         events = [o.events_url for o in config.orchestrators]
         self.sub = transport.sub(self.ctx, events, [protocol.TOPIC_LEADER])
         self.dealer: zmq.Socket | None = None

@@ -14,7 +14,8 @@ through the CLI and the gateway unchanged.
     │   ├── NoLeaderError    no leader is known (election in progress or no quorum)
     │   └── CommitError      a mutation was not committed (leader change, timeout)
     ├── RefusedError         the request is valid but the queue refuses it (e.g. finalize
-    │                        while packages are still building)
+    │   │                    while packages are still building)
+    │   └── AuthError        no admin token, or one the gateway does not know (HTTP 401/403)
     └── ArtifactError        an uploaded or stored artifact failed validation
         ├── TransferError    the bytes did not arrive intact: the drone sends them again
         ├── CorruptError     a stored file no longer matches its sha256: fetch it again
@@ -84,6 +85,10 @@ class CommitError(ClusterError):
 
 class RefusedError(SwarmError):
     code = "refused"
+
+
+class AuthError(RefusedError):
+    code = "unauthorized"
 
 
 class ArtifactError(SwarmError):

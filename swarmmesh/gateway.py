@@ -25,7 +25,7 @@ import zmq
 import zmq.asyncio
 from aiohttp import web
 
-from swarmmesh import protocol, transport
+from swarmmesh import keys, protocol, tokens, transport
 from swarmmesh.errors import ConfigError, InputError, ProtocolError, SwarmError
 from swarmmesh.protocol import LeaderInfo, Message, NodeInfo, Reply, Request
 
@@ -52,7 +52,7 @@ RETRYABLE = frozenset({"not_leader", "no_leader"})
 HTTP_STATUS = {
     "ok": 200, "invalid": 400, "refused": 409, "too_large": 413, "protocol": 502,
     "not_leader": 503, "no_leader": 503, "not_committed": 503, "unavailable": 503, "busy": 503,
-    "timeout": 504,
+    "timeout": 504, "rate_limited": 429,
 }
 ENDPOINTS = "/status, /binhost, /build, /swarm, /finalize, /balance, /unblock, /reset, /releases, /rollback"
 NO_LEADER = ("no orchestrator leads the cluster right now (election in progress or no quorum); "
@@ -174,7 +174,7 @@ class Forwarder:
         # an orchestrator long after its caller was told it failed.
         sock = transport.dealer(ctx)
         sock.setsockopt(zmq.IMMEDIATE, 1)
-        sock.connect(url)
+        transport.connect_to(sock, url)
         return sock
 
     def leader_changed(self) -> None:
@@ -385,7 +385,7 @@ class Gateway:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> None:
-        self._ctx = zmq.asyncio.Context()
+        self._ctx = transport.async_context(keys.node_curve(self.config))
         self._sub = transport.sub(self._ctx, [o.events_url for o in self.config.orchestrators],
                                   [protocol.TOPIC_LEADER, protocol.TOPIC_NODE])
         self.forwarder = Forwarder(self._ctx, self.view, self._timeout, self._max_in_flight)
@@ -413,7 +413,9 @@ class Gateway:
         self._ctx.term()
 
     def _app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY + 1, middlewares=[_errors])
+        gw = self.config.gateway
+        access = tokens.middleware(gw.tokens, gw.open_reads, tokens.RateLimit(gw.build_rate))
+        app = web.Application(client_max_size=MAX_BODY + 1, middlewares=[_errors, access])
         app.router.add_get("/status", self._status)
         app.router.add_get("/binhost", self._binhost)
         app.router.add_get("/signing-key.asc", self._signing_key)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import sys
 import time
@@ -22,7 +23,7 @@ from typing import Any, TypeVar
 import zmq
 
 from swarmmesh import cluster as clustermod
-from swarmmesh import protocol, transport
+from swarmmesh import keys, protocol, transport
 from swarmmesh.api import GatewayClient
 from swarmmesh.config import NodeConfig, load_config
 from swarmmesh.errors import ClusterError
@@ -32,6 +33,10 @@ T = TypeVar("T")
 #: Raft timing for loopback clusters: fast elections, a deposed leader steps down in 1.5 s.
 FAST_RAFT = {"election_min": 0.3, "election_max": 0.6, "append_period": 0.05,
              "leader_fallback": 1.5, "connection_retry": 0.3, "connection_timeout": 1.0}
+
+
+#: Tests, benches and the demo submit from one address, far faster than a person: no rate limit.
+UNLIMITED_BUILDS = 1e9
 
 
 def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.02) -> T:
@@ -51,9 +56,22 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
-def ask(url: str, op: str, args: dict | None = None, timeout: float = 5.0) -> Any:
-    """One control request straight to an orchestrator's ROUTER (bypassing the gateway)."""
-    sock: zmq.Socket = transport.dealer(zmq.Context.instance(), url)
+def _context(curve: transport.Curve | None) -> zmq.Context:
+    """One context per key pair, kept for the process (ask is called in loops)."""
+    key = curve.public if curve else b""
+    if key not in _CONTEXTS:
+        _CONTEXTS[key] = transport.context(curve)
+    return _CONTEXTS[key]
+
+
+_CONTEXTS: dict[bytes, zmq.Context] = {}
+
+
+def ask(url: str, op: str, args: dict | None = None, timeout: float = 5.0,
+        curve: transport.Curve | None = None) -> Any:
+    """One control request straight to an orchestrator's ROUTER (bypassing the gateway), with
+    the key pair `curve` (a cluster's admin key: `LocalCluster.curve`)."""
+    sock: zmq.Socket = transport.dealer(_context(curve), url)
     try:
         req = protocol.Request(op=op, req_id=uuid.uuid4().hex, args=args or {})
         sock.send(protocol.encode(req))
@@ -111,12 +129,33 @@ class LocalCluster:
     def __init__(self, directory: Path, orchestrators: int = 3, drones: int = 0, **overrides: Any) -> None:
         self.dir = Path(directory)
         overrides.setdefault("raft_overrides", FAST_RAFT)
+        overrides.setdefault("gateway_overrides", {"build_rate": UNLIMITED_BUILDS})
         clustermod.init_cluster(self.dir, orchestrators=orchestrators, drones=drones, base_port=0, **overrides)
         self.configs: dict[str, NodeConfig] = {p.stem: load_config(p) for p in sorted(self.dir.glob("*.toml"))}
         self.orchestrators = [n for n, c in self.configs.items() if c.role == "orchestrator"]
         self.drones = [n for n, c in self.configs.items() if c.role == "drone"]
         self.gateway_url = self.configs["gateway"].gateway.url
-        self.api = GatewayClient(self.gateway_url, timeout=10.0)
+        self.token = (self.dir / "admin.token").read_text().strip()
+        self.api = GatewayClient(self.gateway_url, timeout=10.0, token=self.token)
+        self.curve = self.admin_curve()
+
+    def add_key(self, name: str, role: str = "drone") -> transport.Curve | None:
+        """A new key pair in keys/, authorized on every orchestrator (they pick it up without a
+        restart): what an operator does to add a drone. Returns it, for sockets of the test's own."""
+        public, _secret = keys.keygen(name, self.dir / clustermod.KEYS_DIR, role=role)
+        shutil.copyfile(public, self.dir / clustermod.AUTHORIZED_DIR / public.name)
+        return self.admin_curve(name)
+
+    def revoke(self, name: str) -> None:
+        """Remove `name`'s public key from the authorized keys: refused at once, no restart."""
+        (self.dir / clustermod.AUTHORIZED_DIR / f"{name}.key").unlink()
+
+    def admin_curve(self, name: str = clustermod.ADMIN) -> transport.Curve | None:
+        """The key pair of `name` (default: the admin's), to talk to the orchestrators directly
+        as the CLI's admin does; None when benchmarks turned CURVE off."""
+        if os.environ.get(keys.PLAINTEXT_ENV) == "1":
+            return None
+        return keys.load_curve(self.dir / clustermod.KEYS_DIR, name, self.configs[self.orchestrators[0]].orchestrators)
 
     def __enter__(self) -> LocalCluster:
         return self
@@ -162,7 +201,7 @@ class LocalCluster:
 
     # --- views -----------------------------------------------------------------------------
     def ask(self, name: str, op: str, args: dict | None = None, timeout: float = 5.0) -> Any:
-        return ask(self.configs[name].me().broker_url, op, args, timeout)
+        return ask(self.configs[name].me().broker_url, op, args, timeout, curve=self.curve)
 
     def leader(self, timeout: float = 10.0, exclude: str | None = None) -> str:
         """The leader as the gateway reports it (and it is not `exclude`)."""

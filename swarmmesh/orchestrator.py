@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import zmq
 
-from swarmmesh import protocol, transport
+from swarmmesh import keys, protocol, transport
 from swarmmesh.artifacts import Receiver
 from swarmmesh.binhost import Binhost
 from swarmmesh.broker import Broker
@@ -59,7 +59,8 @@ class Orchestrator:
         self._now, self._wall = clock(), wall()  # the time of the current pass
         self.me = config.me()
         self.election = Election(config)
-        self.ctx = zmq.Context()
+        self.ctx = transport.context(keys.node_curve(config))
+        self.gate = self._gatekeeper(config)
         self.router = transport.router(self.ctx, transport.tcp_bind(self.me.host, self.me.broker_port))
         self.events = transport.pub(self.ctx, transport.tcp_bind(self.me.host, self.me.events_port))
         self.inbox = transport.Inbox()
@@ -75,7 +76,7 @@ class Orchestrator:
         self.signer = signer_from_config(config.signing, self.storage.store.tmp)  # None: unsigned
         self.broker = Broker(self, config, clock=self.now, wall=self.wall)
         self.receiver = Receiver(self, config, self.storage, self.ctx, settle=self.broker.settle,
-                                 signer=self.signer)
+                                 signer=self.signer, gate=self.gate)
         self.releases = Releases(self, config, self.storage, signer=self.signer)
         self.replicator = Replicator(self, config, self.storage, relink=self.releases.relink)
         self.incoming = Incoming(self, config, self.storage, signer=self.signer)
@@ -92,6 +93,20 @@ class Orchestrator:
         self.poller.register(self.inbox.fd, zmq.POLLIN)
         for comp in self.components:
             comp.register(self.poller)
+
+    def _gatekeeper(self, config: NodeConfig) -> keys.Gatekeeper:
+        """CURVE on: only authorized keys connect, and each message is checked against its key;
+        a key removed from the directory has its drone's session dropped at once."""
+        if self.ctx.curve is None or config.keys is None:
+            return keys.Gatekeeper()
+        authorized = keys.AuthorizedKeys(config.keys.authorized,
+                                         on_removed=lambda gone: self.inbox.post(lambda: self._revoked(gone)))
+        return keys.Gatekeeper(authorized, self.ctx)
+
+    def _revoked(self, gone: list[keys.KeyInfo]) -> None:
+        for info in gone:
+            if info.role == "drone":
+                self.broker.drop(info.name, f"its key {info.short} was revoked")
 
     # --- the Node interface (component.py): what the parts may ask -----------------------
     def commit(self, command: str, *args: Any, then: Then | None = None, lazy: bool = False) -> None:
@@ -175,7 +190,7 @@ class Orchestrator:
         if ready is None:
             ready = dict(self.poller.poll(0))
         if self.router in ready:
-            transport.drain(self.router, self._dispatch, 1000)
+            transport.drain(self.router, self._dispatch, 1000, copy=False)
         if self.inbox.fd in ready:
             self.inbox.run_pending()
         for comp in self.components:
@@ -191,6 +206,7 @@ class Orchestrator:
             comp.close()
         self.storage.close()
         self.election.close()
+        self.gate.close()
         self.router.close(0)
         self.events.close(0)
         self.ctx.term()
@@ -201,15 +217,17 @@ class Orchestrator:
         log.info("%s (raft %s, broker %s)", line, self.me.raft_address, self.me.broker_url)
         print(line, flush=True)
 
-    def _dispatch(self, frames: list[bytes]) -> None:
+    def _dispatch(self, frames: list[zmq.Frame]) -> None:
         if len(frames) != 2:
             log.warning("dropped a message of %d frames (expected identity + payload)", len(frames))
             return
-        identity, payload = frames
+        identity, payload = frames[0].bytes, frames[1]
         try:
-            msg = protocol.decode(payload)
+            msg = protocol.decode(payload.buffer)
         except ProtocolError as exc:
             log.warning("rejected a frame from %r: %s", identity, exc)
+            return
+        if not self.gate.allows(payload, msg):
             return
         for comp in self.components:
             if comp.accepts(msg):

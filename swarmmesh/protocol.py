@@ -262,7 +262,7 @@ def encode(msg: Message) -> bytes:
     return msgpack.packb(body, use_bin_type=True)
 
 
-def decode(frame: bytes, max_size: int = MAX_FRAME) -> Message:
+def decode(frame: bytes | memoryview, max_size: int = MAX_FRAME) -> Message:
     """Turn one frame into a Message, or raise ProtocolError saying why not."""
     if len(frame) > max_size:
         raise ProtocolError(f"frame of {len(frame)} bytes exceeds the {max_size}-byte limit")

@@ -1,8 +1,10 @@
 """The one place where ZeroMQ sockets are made.
 
 Every socket gets the options that FACTS.md shows we need (bounded LINGER, ZMTP heartbeats
-so a frozen peer is noticed, bounded high-water marks, a MAXMSGSIZE) here, so that adding
-CURVE later is a change to this module only.
+so a frozen peer is noticed, bounded high-water marks, a MAXMSGSIZE) here, and CURVE:
+a node makes its context with `context(curve)`, and every socket made from it is a CURVE
+server (ROUTER, PUB, PULL: they bind) or client (DEALER, SUB, PUSH: they connect, each
+connection checked against the public key of the orchestrator it goes to).
 
 One exception: the artifact stream (PUSH/PULL) has no ZMTP heartbeats, but TCP keepalive.
 libzmq 4.3 aborts the whole process (`Assertion failed: !_io_error`, zeromq/libzmq#4364)
@@ -17,10 +19,12 @@ from __future__ import annotations
 import collections
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import zmq
+import zmq.asyncio
 
 from swarmmesh.protocol import MAX_CHUNK_FRAME, MAX_FRAME
 
@@ -38,7 +42,79 @@ CHUNK_HWM = 8
 KEEPALIVE_IDLE_S = 5
 
 
-def _common(sock: _Sock, max_size: int = MAX_FRAME, heartbeats: bool = True) -> _Sock:
+@dataclass(frozen=True)
+class Curve:
+    """A node's CURVE key pair (z85) and the public key of every server endpoint it may
+    connect to ("host:port" -> key): a client refuses a server that cannot prove it holds
+    the key of the orchestrator at that address."""
+
+    public: bytes
+    secret: bytes
+    servers: Mapping[str, bytes] = field(default_factory=dict)
+
+
+class Context(zmq.Context):
+    """A context whose sockets use `curve` (None: plaintext, for unit tests' stand-ins)."""
+
+    curve: Curve | None = None
+
+
+class AsyncContext(zmq.asyncio.Context):
+    curve: Curve | None = None
+
+
+def context(curve: Curve | None) -> Context:
+    ctx = Context()
+    ctx.curve = curve
+    return ctx
+
+
+def async_context(curve: Curve | None) -> AsyncContext:
+    ctx = AsyncContext()
+    ctx.curve = curve
+    return ctx
+
+
+def _curve_of(sock: zmq.Socket) -> Curve | None:
+    return getattr(sock.context, "curve", None)
+
+
+def _secure(sock: _Sock, server: bool) -> _Sock:
+    curve = _curve_of(sock)
+    if curve is not None:
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, curve.public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, curve.secret)
+        if server:
+            sock.setsockopt(zmq.CURVE_SERVER, 1)
+    return sock
+
+
+def connect_to(sock: zmq.Socket, url: str) -> bool:
+    """Connect, first telling the socket which server key that address must prove. An address
+    with no known key is not connected to (False): it is no orchestrator of this cluster."""
+    curve = _curve_of(sock)
+    if curve is not None:
+        key = curve.servers.get(url.removeprefix("tcp://"))
+        if key is None:
+            log.error("not connecting to %s: no orchestrator of this cluster listens there "
+                      "(no public key for it in [keys] dir)", url)
+            return False
+        sock.setsockopt(zmq.CURVE_SERVERKEY, key)
+    sock.connect(url)
+    return True
+
+
+def user_id(frame: Any) -> str | None:
+    """The key a received frame came with (ZAP's User-Id: the client's public key, z85), or
+    None on a plaintext socket."""
+    try:
+        return frame.get("User-Id")
+    except (zmq.ZMQError, AttributeError):
+        return None
+
+
+def _common(sock: _Sock, max_size: int = MAX_FRAME, heartbeats: bool = True, server: bool = False) -> _Sock:
+    _secure(sock, server)
     sock.setsockopt(zmq.LINGER, LINGER_MS)
     sock.setsockopt(zmq.MAXMSGSIZE, max_size)
     if heartbeats:
@@ -57,7 +133,7 @@ def _common(sock: _Sock, max_size: int = MAX_FRAME, heartbeats: bool = True) -> 
 
 def router(ctx: zmq.Context[_Sock], bind: str) -> _Sock:
     """The orchestrator's request socket: drones and clients are DEALERs."""
-    sock = _common(ctx.socket(zmq.ROUTER))
+    sock = _common(ctx.socket(zmq.ROUTER), server=True)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting drone takes over its identity
     sock.setsockopt(zmq.SNDHWM, CONTROL_HWM)
@@ -73,12 +149,12 @@ def dealer(ctx: zmq.Context[_Sock], connect: str | None = None, identity: bytes 
     if identity:
         sock.setsockopt(zmq.IDENTITY, identity)
     if connect:
-        sock.connect(connect)
+        connect_to(sock, connect)
     return sock
 
 
 def pub(ctx: zmq.Context[_Sock], bind: str) -> _Sock:
-    sock = _common(ctx.socket(zmq.PUB))
+    sock = _common(ctx.socket(zmq.PUB), server=True)
     sock.setsockopt(zmq.SNDHWM, 1000)
     sock.bind(bind)
     return sock
@@ -90,7 +166,7 @@ def sub(ctx: zmq.Context[_Sock], connects: list[str], topics: list[bytes]) -> _S
     for topic in topics:
         sock.setsockopt(zmq.SUBSCRIBE, topic)
     for url in connects:
-        sock.connect(url)
+        connect_to(sock, url)
     return sock
 
 
@@ -98,12 +174,12 @@ def push(ctx: zmq.Context[_Sock], connect: str) -> _Sock:
     """Artifact upload: a bounded HWM makes send() block instead of buffering a whole file."""
     sock = _common(ctx.socket(zmq.PUSH), MAX_CHUNK_FRAME, heartbeats=False)
     sock.setsockopt(zmq.SNDHWM, CHUNK_HWM)
-    sock.connect(connect)
+    connect_to(sock, connect)
     return sock
 
 
 def pull(ctx: zmq.Context[_Sock], bind: str) -> _Sock:
-    sock = _common(ctx.socket(zmq.PULL), MAX_CHUNK_FRAME, heartbeats=False)
+    sock = _common(ctx.socket(zmq.PULL), MAX_CHUNK_FRAME, heartbeats=False, server=True)
     sock.setsockopt(zmq.RCVHWM, CHUNK_HWM)
     sock.bind(bind)
     return sock
@@ -169,11 +245,13 @@ class Inbox:
             os.close(self._wake_w)
 
 
-def drain(sock: zmq.Socket, handle: Callable[[Any], None], limit: int, multipart: bool = True) -> None:
+def drain(sock: zmq.Socket, handle: Callable[[Any], None], limit: int, multipart: bool = True,
+          copy: bool = True) -> None:
     """Hand up to `limit` waiting messages to `handle` without blocking (bounded, so one busy
     socket cannot starve the others in a poll loop). ZMQ_EVENTS says when to stop: ending on
     the `zmq.Again` of an empty socket cost an exception (~5 us) per call, on every socket of
-    every node, several times per package."""
+    every node, several times per package. `copy=False` hands zmq.Frames, whose `user_id` says
+which key sent them."""
     for _ in range(limit):
         if sock.closed:  # a handler closed it (e.g. switched leaders): the rest is stale
             return
@@ -181,6 +259,6 @@ def drain(sock: zmq.Socket, handle: Callable[[Any], None], limit: int, multipart
         if not (isinstance(events, int) and events & zmq.POLLIN):
             return
         try:
-            handle(sock.recv_multipart(zmq.NOBLOCK) if multipart else sock.recv(zmq.NOBLOCK))
+            handle(sock.recv_multipart(zmq.NOBLOCK, copy=copy) if multipart else sock.recv(zmq.NOBLOCK, copy=copy))
         except zmq.Again:
             return

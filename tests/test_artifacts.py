@@ -164,10 +164,10 @@ def test_a_bug_in_the_check_on_the_loop_asks_for_the_upload_again_and_keeps_the_
 
         monkeypatch.setattr(artifacts, "_inspect", broken)
         data = b"x" * 2048
-        receiver._frame(protocol.encode(protocol.Chunk(upload="ab12cd34", seq=0, data=data)))
-        receiver._frame(protocol.encode(protocol.Trailer(
+        receiver._frame(zmq.Frame(protocol.encode(protocol.Chunk(upload="ab12cd34", seq=0, data=data))))
+        receiver._frame(zmq.Frame(protocol.encode(protocol.Trailer(
             upload="ab12cd34", drone="drone-1", key=CPV, term=1, size=len(data),
-            sha256=hashlib.sha256(data).hexdigest(), chunks=1)))
+            sha256=hashlib.sha256(data).hexdigest(), chunks=1))))
         node.run_posted()
         sent = [m for _, m in node.sent]
         assert [(m.key, m.retry) for m in sent] == [(CPV, True)] and "cannot store it: a bug" in sent[0].reason

@@ -57,6 +57,7 @@ class FakeGateway:
 
     def __init__(self) -> None:
         self.urls: list[str] = []
+        self.tokens: list[str | None] = []
         self.calls: list[tuple[str, tuple, dict]] = []
         self.status_reply: dict = json.loads(json.dumps(STATUS))
         self.fail: dict[str, Exception] = {}
@@ -65,8 +66,9 @@ class FakeGateway:
         gateway = self
 
         class GatewayClient:
-            def __init__(self, url: str, timeout: float = 10.0) -> None:
+            def __init__(self, url: str, timeout: float = 10.0, token: str | None = None) -> None:
                 gateway.urls.append(url)
+                gateway.tokens.append(token)
 
             def __getattr__(self, method: str) -> Any:
                 return lambda *args, **kwargs: gateway.call(method, args, kwargs)
@@ -97,6 +99,7 @@ def _clean_env_and_logging(monkeypatch: pytest.MonkeyPatch):
     """Keep the developer's environment out, and the CLI's logging setup in, each test."""
     monkeypatch.delenv("SWARMMESH_GATEWAY", raising=False)
     monkeypatch.delenv("SWARMMESH_CONFIG", raising=False)
+    monkeypatch.delenv("SWARMMESH_TOKEN", raising=False)
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     yield
@@ -125,7 +128,11 @@ def configs(monkeypatch: pytest.MonkeyPatch) -> dict[str, SimpleNamespace]:
             raise errors.ConfigError(f"{path}: no such config file; pass --config FILE")
         return table[path]
 
-    _install(monkeypatch, "config", load_config=load_config)
+    def load_client(path: str) -> tuple[str, str | None]:
+        config = load_config(path)
+        return config.gateway.url, getattr(config, "client_token", None)
+
+    _install(monkeypatch, "config", load_config=load_config, load_client=load_client)
     return table
 
 
@@ -331,6 +338,24 @@ def test_gateway_from_swarmmesh_config_env(gateway: FakeGateway, configs: dict) 
     assert run("status", env=env).exit_code == 0
     assert run("status", "--gateway", "http://127.0.0.1:9003", env=env).exit_code == 0
     assert gateway.urls == ["http://127.0.0.1:9001", "http://127.0.0.1:9003"]
+
+
+def test_the_token_comes_from_the_option_the_environment_or_the_config(gateway: FakeGateway, configs: dict) -> None:
+    configs["node.toml"] = SimpleNamespace(**vars(_config("gateway", "gateway")), client_token="from-the-config")
+    assert run("finalize", "--token", "from-the-option", "--config", "node.toml").exit_code == 0
+    assert run("finalize", "--config", "node.toml", env={"SWARMMESH_TOKEN": "from-the-env"}).exit_code == 0
+    assert run("finalize", "--config", "node.toml").exit_code == 0
+    assert run("finalize").exit_code == 0
+    assert gateway.tokens == ["from-the-option", "from-the-env", "from-the-config", None]
+
+
+def test_keygen_writes_a_key_pair_and_refuses_to_overwrite_it(tmp_path: Path) -> None:
+    result = run("keygen", "drone-7", "--dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "drone-7.key").exists() and (tmp_path / "drone-7.key_secret").stat().st_mode & 0o777 == 0o600
+    again = run("keygen", "drone-7", "--dir", str(tmp_path))
+    assert again.exit_code == 2 and "never overwritten" in again.output
+    assert run("keygen", "--dir", str(tmp_path)).exit_code == 2  # NAME is required (unless another kind of key)
 
 
 def test_bad_client_config_exits_2(gateway: FakeGateway, configs: dict) -> None:

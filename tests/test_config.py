@@ -420,5 +420,6 @@ def test_toml_value_paths_and_refusals():
 def test_node_config_fields_match_the_interface():
     names = [f.name for f in dataclasses.fields(NodeConfig)]
     assert names == ["path", "name", "role", "data_dir", "secret", "orchestrators", "gateway", "raft",
-                     "queue", "drone", "auto_finalize", "keep_releases", "log_level", "scrub_interval", "signing"]
+                     "queue", "drone", "auto_finalize", "keep_releases", "log_level", "scrub_interval", "signing",
+                     "keys", "client_token"]
     assert ENV_VAR == "SWARMMESH_CONFIG"

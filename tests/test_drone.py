@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import zmq
 
-from swarmmesh import buildpool, gpkg, protocol, transport
+from swarmmesh import buildpool, gpkg, keys, protocol, transport
 from swarmmesh import drone as drone_mod
 from swarmmesh.builders import SIMULATED_ARTIFACT
 from swarmmesh.config import (
@@ -559,8 +559,22 @@ builder = "simulated"
     return path
 
 
-def test_drone_process_is_ready_then_stops_on_sigterm(leaders, tmp_path):
-    a, _ = leaders
+@pytest.fixture
+def curve_leader(tmp_path):
+    """A stand-in leader whose sockets are CURVE servers with orch-1's key, and the drone's
+    key pair beside it in tmp_path/keys, as `swarmmesh cluster init` lays them out."""
+    keys.keygen(NAME, tmp_path / "keys")
+    _public, secret = keys.keygen("orch-1", tmp_path / "keys", role="orchestrator")
+    own, secret_key = keys.read_cert(secret)
+    ctx = transport.context(transport.Curve(public=own.public.encode(), secret=(secret_key or "").encode()))
+    leader = StandIn(ctx, "orch-1")
+    yield leader
+    leader.close()
+    ctx.destroy(linger=0)
+
+
+def test_drone_process_is_ready_then_stops_on_sigterm(curve_leader, tmp_path):
+    a = curve_leader
     argv = [sys.executable, "-m", "swarmmesh", "drone", "--config", str(drone_toml(tmp_path, a))]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -8,8 +8,10 @@ a thread with its own event loop; the tests talk to it over real HTTP.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import http.client
 import json
+import logging
 import os
 import select
 import signal
@@ -23,7 +25,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from swarmmesh import protocol
+from swarmmesh import keys, protocol
 from swarmmesh.api import GatewayClient
 from swarmmesh.config import GatewayConfig, NodeConfig, OrchestratorAddr, QueuePolicy, RaftTuning
 from swarmmesh.errors import BadAtomsError, NoLeaderError, RefusedError
@@ -102,6 +104,9 @@ class StandIn(threading.Thread):
             self.pub.send_multipart([protocol.TOPIC_LEADER, protocol.encode(info)])
 
 
+TOKEN = "t" * 32  # the stand-in gateway's one admin token, named "tester"
+
+
 class GatewayThread:
     """A Gateway on its own event loop, so the test thread can use blocking HTTP."""
 
@@ -122,18 +127,22 @@ class GatewayThread:
         self.loop.close()
 
     def http(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
-             timeout: float = 15.0) -> tuple[int, dict[str, str], bytes]:
+             timeout: float = 15.0, token: str | None = TOKEN) -> tuple[int, dict[str, str], bytes]:
+        """A request with the admin token (`token=None`: without one)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.gateway.port, timeout=timeout)
+        headers = dict(headers or {})
+        if token is not None:
+            headers.setdefault("Authorization", f"Bearer {token}")
         try:
-            conn.request(method, path, body=body, headers=headers or {})
+            conn.request(method, path, body=body, headers=headers)
             resp = conn.getresponse()
             return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
         finally:
             conn.close()
 
-    def json(self, method: str, path: str, payload=None, **kwargs) -> tuple[int, dict]:
+    def json(self, method: str, path: str, payload=None, headers: dict | None = None, **kwargs) -> tuple[int, dict]:
         body = json.dumps(payload).encode() if payload is not None else None
-        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        headers = {**({"Content-Type": "application/json"} if payload is not None else {}), **(headers or {})}
         status, head, data = self.http(method, path, body, headers, **kwargs)
         assert head["content-type"].startswith("application/json"), (status, head, data)
         return status, json.loads(data)
@@ -141,7 +150,8 @@ class GatewayThread:
 
 def make_config(addrs: list[OrchestratorAddr], tmp_path: Path) -> NodeConfig:
     return NodeConfig(path=tmp_path / "gw.toml", name="gw-test", role="gateway", data_dir=tmp_path,
-                      secret="", orchestrators=tuple(addrs), gateway=GatewayConfig(), raft=RaftTuning(),
+                      secret="", orchestrators=tuple(addrs), gateway=GatewayConfig(tokens={"tester": TOKEN}),
+                      raft=RaftTuning(),
                       queue=QueuePolicy(), drone=None)
 
 
@@ -365,10 +375,61 @@ def test_operator_endpoints_forward_their_args(nodes, start_gateway):
         ("unblock", {"keys": ["app-misc/foo-1"]}), ("balance", {}), ("reset", {"confirm": True})]
 
 
+MUTATIONS = [("/build", {"packages": ["app-misc/foo-1"]}, "submit"), ("/finalize", {}, "finalize"),
+             ("/balance", {}, "balance"), ("/unblock", {}, "unblock"), ("/reset", {"confirm": True}, "reset"),
+             ("/rollback", {"release": "r-1"}, "rollback")]
+
+
+@pytest.mark.parametrize(("path", "payload", "op"), MUTATIONS, ids=[m[0] for m in MUTATIONS])
+def test_every_mutating_endpoint_needs_a_valid_token(nodes, start_gateway, path, payload, op, caplog):
+    """No token: 401; a wrong one: 403; both with a JSON reason and nothing forwarded. The
+    right one goes through, and the log names the token."""
+    a = nodes[0]
+    gw = led_by(start_gateway(), a)
+    status, body = gw.json("POST", path, payload, token=None)
+    assert status == 401 and body["code"] == "unauthorized" and "Authorization: Bearer" in body["error"]
+    status, body = gw.json("POST", path, payload, token="w" * 32)
+    assert status == 403 and body["code"] == "forbidden" and "[gateway.tokens]" in body["error"]
+    status, body = gw.json("POST", path, payload, headers={"Authorization": "Basic dXNlcjpwdw=="}, token=None)
+    assert status == 401
+    assert a.requests == []
+    with caplog.at_level(logging.INFO, logger="swarmmesh.tokens"):
+        status, _ = gw.json("POST", path, payload)
+    assert status in (200, 202) and [r.op for r in a.requests] == [op]
+    assert f"POST {path} by token 'tester'" in caplog.text
+
+
+def test_reads_are_open_unless_closed_in_the_config(nodes, tmp_path):
+    closed = make_config([s.addr for s in nodes], tmp_path)
+    closed = dataclasses.replace(closed, gateway=dataclasses.replace(closed.gateway, open_reads=False))
+    gw = GatewayThread(closed)
+    try:
+        assert gw.http("GET", "/status", token=None)[0] == 401
+        assert gw.http("GET", "/swarm", token="w" * 32)[0] == 403
+        assert gw.http("GET", "/status")[0] == 200
+    finally:
+        gw.close()
+
+
+def test_post_build_is_rate_limited_per_client(nodes, tmp_path):
+    a = nodes[0]
+    a.handler = lambda n, r: Reply(req_id=r.req_id, ok=True, result={"batch": "b-1", "count": 1, "new": 1})
+    config = make_config([s.addr for s in nodes], tmp_path)
+    config = dataclasses.replace(config, gateway=dataclasses.replace(config.gateway, build_rate=6.0))
+    gw = led_by(GatewayThread(config), a)
+    try:
+        answers = [gw.json("POST", "/build", {"packages": ["app-misc/foo-1"]}) for _ in range(6)]
+        assert [status for status, _ in answers] == [202] * 5 + [429]  # a burst of 5, then 6 a minute
+        assert answers[-1][1]["code"] == "rate_limited" and "retry in" in answers[-1][1]["error"]
+        assert gw.json("POST", "/finalize", {})[0] == 200  # other endpoints are not limited
+    finally:
+        gw.close()
+
+
 def test_the_api_client_understands_the_gateway(nodes, start_gateway):
     a = nodes[0]
     gw = led_by(start_gateway(request_timeout=1.0, health_window=0.5), a)
-    client = GatewayClient(gw.gateway.url, timeout=10)
+    client = GatewayClient(gw.gateway.url, timeout=10, token=TOKEN)
     assert client.binhost() == a.binhost
     assert client.status()["leader"] == a.name
     a.handler = lambda n, r: Reply(req_id=r.req_id, ok=False, code="invalid", error="1 invalid line(s)",
@@ -435,6 +496,8 @@ def test_run_gateway_prints_its_readiness_line_and_stops_on_sigterm(tmp_path):
         f"binhost_port = {41004 + 10 * i}\n" for i in range(3))
     conf = tmp_path / "gw.toml"
     conf.write_text(f'[node]\nname = "gw-1"\nrole = "gateway"\n[gateway]\nport = {port}\n{entries}')
+    for name in ("gw-1", "o0", "o1", "o2"):  # its key pair and the orchestrators' public keys
+        keys.keygen(name, tmp_path / "keys")
     code = ("import sys; from swarmmesh.config import load_config; from swarmmesh.gateway import run_gateway;"
             " run_gateway(load_config(sys.argv[1]))")
     root = Path(__file__).resolve().parents[1]

@@ -111,7 +111,7 @@ def _load(run: Run, settle_timeout: float, report: Report) -> None:
     run.monitor.start()
     for name in p.CLIENTS:
         batches = [b for b in run.plan.batches if b.client == name]
-        run.clients.append(workload.Client(name, batches, c.gateway_url, clock, run.stop))
+        run.clients.append(workload.Client(name, batches, c.gateway_url, clock, run.stop, token=c.token))
     for client in run.clients:
         client.start()
     _faults(run, clock)

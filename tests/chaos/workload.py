@@ -42,10 +42,10 @@ class Client(threading.Thread):
     """One client: submits its planned batches at their planned times."""
 
     def __init__(self, name: str, batches: list[p.Batch], gateway_url: str, clock: Callable[[], float],
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, token: str | None = None) -> None:
         super().__init__(name=f"chaos-{name}", daemon=True)
         self.client, self.batches, self.clock, self.stop = name, batches, clock, stop
-        self.api = GatewayClient(gateway_url, timeout=10.0)
+        self.api = GatewayClient(gateway_url, timeout=10.0, token=token)
         self.submissions: list[Submission] = []
 
     def run(self) -> None:

@@ -21,8 +21,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 log = logging.getLogger(__name__)
 
 
-def _post(url: str, body: bytes, ctype: str = "text/plain") -> tuple[int, dict]:
-    req = urllib.request.Request(url + "/build", data=body, method="POST", headers={"Content-Type": ctype})
+def _post(c, body: bytes, ctype: str = "text/plain") -> tuple[int, dict]:
+    req = urllib.request.Request(c.gateway_url + "/build", data=body, method="POST",
+                                 headers={"Content-Type": ctype, "Authorization": f"Bearer {c.token}"})
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - loopback test URL
             return resp.status, json.loads(resp.read())
@@ -47,7 +48,7 @@ def _total(c) -> int:
 
 def test_invalid_atoms_rejected_whole(cluster):
     body = b"=app-misc/good-1.0\nnot an atom\n>=app-misc/range-1\n=app-misc/also-good-2.0\n"
-    status, data = _post(cluster.gateway_url, body)
+    status, data = _post(cluster, body)
     assert status == 400
     assert [line[0] for line in data["bad_lines"]] == [2, 3]
     with pytest.raises(BadAtomsError):
@@ -62,7 +63,7 @@ def test_invalid_atoms_rejected_whole(cluster):
     (b'{"packages": [1, 2]}', "application/json", 400, ""),
 ])
 def test_malformed_bodies(cluster, body, ctype, status, needle):
-    got, data = _post(cluster.gateway_url, body, ctype)
+    got, data = _post(cluster, body, ctype)
     assert got == status
     assert needle.lower() in data["error"].lower()
     assert _total(cluster) == 0
@@ -72,11 +73,12 @@ class Dropped(AssertionError):
     """The gateway closed the connection without an HTTP answer (what a 413 must not look like)."""
 
 
-def _upload(url: str, head: bytes, chunks: Iterator[bytes]) -> tuple[int, dict]:
+def _upload(c, head: bytes, chunks: Iterator[bytes]) -> tuple[int, dict]:
     """POST /build over a raw socket: the headers, then body chunks until the gateway answers
     (it may refuse before the body ends), then that answer. Raises Dropped if none comes, so a
     refused body (413) is told apart from a dropped connection, which urllib cannot do."""
-    host, port = urllib.parse.urlsplit(url).hostname, urllib.parse.urlsplit(url).port
+    host, port = urllib.parse.urlsplit(c.gateway_url).hostname, urllib.parse.urlsplit(c.gateway_url).port
+    head += f"Authorization: Bearer {c.token}\r\n".encode()
     with socket.create_connection((host, port), timeout=30) as sock:
         sock.sendall(b"POST /build HTTP/1.1\r\nHost: gateway\r\nContent-Type: text/plain\r\n" + head + b"\r\n")
         for chunk in chunks:
@@ -117,7 +119,7 @@ def _fifty_megabytes(chunk: bytes = b"=app-misc/big-1.0\n" * 4096) -> Iterator[b
 
 def test_a_declared_fifty_megabyte_body_is_refused_with_413(cluster):
     length = 50 * 1024 * 1024 // 18 * 18
-    status, data = _upload(cluster.gateway_url, f"Content-Length: {length}\r\n".encode(), _fifty_megabytes())
+    status, data = _upload(cluster, f"Content-Length: {length}\r\n".encode(), _fifty_megabytes())
     assert (status, data["code"]) == (413, "too_large"), data
     assert "16 MiB limit" in data["error"]
     assert _total(cluster) == 0
@@ -127,7 +129,7 @@ def test_a_declared_fifty_megabyte_body_is_refused_with_413(cluster):
 def test_a_chunked_body_over_the_limit_is_refused_with_413(cluster):
     """No Content-Length to refuse early: the limit holds while the body is read."""
     chunked = (b"%x\r\n%s\r\n" % (len(c), c) for c in _fifty_megabytes())
-    status, data = _upload(cluster.gateway_url, b"Transfer-Encoding: chunked\r\n", chunked)
+    status, data = _upload(cluster, b"Transfer-Encoding: chunked\r\n", chunked)
     assert (status, data["code"]) == (413, "too_large"), data
     assert _total(cluster) == 0
 
@@ -135,7 +137,7 @@ def test_a_chunked_body_over_the_limit_is_refused_with_413(cluster):
 def test_cli_reports_bad_lines_and_exit_2(cluster, tmp_path):
     bad = tmp_path / "list.txt"
     bad.write_text("=app-misc/fine-1.0\n=app-misc/broken-\n")
-    proc = swarmmesh("submit", str(bad), "--gateway", cluster.gateway_url)
+    proc = swarmmesh("submit", str(bad), "--gateway", cluster.gateway_url, "--token", cluster.token)
     assert proc.returncode == 2
     assert "line 2" in proc.stderr.decode()
     assert _total(cluster) == 0

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import msgpack
 import pytest
-import zmq
 
 from swarmmesh import gpkg, gpkg_writer, protocol, transport
 from swarmmesh.protocol import Cancel, Chunk, Heartbeat, Hello, Job, JobFailed, Rejected, Trailer, Welcome
@@ -69,7 +68,7 @@ def test_two_hundred_packages_survive_a_drone_kill_and_two_leader_kills(make_clu
                      queue_overrides={"lease_seconds": 3})
     c.leader(timeout=20)
     body = "\n".join(f"=app-misc/pkg{i}-1.{i}" for i in range(200)).encode()
-    sub = swarmmesh("submit", "-", "--client", "itest", "--gateway", c.gateway_url, input=body)
+    sub = swarmmesh("submit", "-", "--client", "itest", "--gateway", c.gateway_url, "--token", c.token, input=body)
     assert sub.returncode == 0, sub.stderr.decode()
 
     wait_until(lambda: counts(c)["received"] >= 30, 30, what="30 packages received")
@@ -125,7 +124,7 @@ class BadDrone:
 
     def __init__(self, c, leader: str) -> None:
         me = c.configs[leader].me()
-        self.ctx = zmq.Context()
+        self.ctx = transport.context(c.add_key(self.NAME))  # an authorized drone that misbehaves
         self.dealer = transport.dealer(self.ctx, me.broker_url, identity=self.NAME.encode())
         self.push = transport.push(self.ctx, me.artifacts_url)
         self.inbox: list[protocol.Message] = []

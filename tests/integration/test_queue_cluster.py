@@ -28,7 +28,7 @@ def test_failover_catch_up_and_power_loss(make_cluster, tmp_path):
     leader = c.leader(timeout=20)
 
     body = "\n".join(f"=app-misc/pkg{i}-1.{i}" for i in range(N)).encode()
-    sub = swarmmesh("submit", "-", "--client", "itest", "--gateway", c.gateway_url, input=body)
+    sub = swarmmesh("submit", "-", "--client", "itest", "--config", str(c.dir / "gateway.toml"), input=body)
     assert sub.returncode == 0, sub.stderr.decode()
     assert f"{N} packages" in sub.stdout.decode()
 

@@ -98,7 +98,7 @@ def test_replication_releases_rollback_and_a_lost_file(make_cluster):
     packages = wait_received(c, 6)
 
     # finalize: every orchestrator builds the same release, byte for byte
-    out = swarmmesh("finalize", "--gateway", c.gateway_url)
+    out = swarmmesh("finalize", "--gateway", c.gateway_url, "--token", c.token)
     assert out.returncode == 0, out.stderr.decode()
     first = c.api.releases()["current"]
     wait_until(lambda: all_serve(c, c.orchestrators, first), 15, what="all three to serve the release")
@@ -107,7 +107,7 @@ def test_replication_releases_rollback_and_a_lost_file(make_cluster):
     old = indexes.pop()
     assert check_downloads(binhost(c, followers[0]), old) == 6
     wait_until(lambda: c.api.binhost() == binhost(c, leader), 5, what="/binhost: the leader, serving it too")
-    listing = swarmmesh("releases", "--gateway", c.gateway_url)
+    listing = swarmmesh("releases", "--gateway", c.gateway_url, "--token", c.token)
     assert listing.returncode == 0 and f"* {first}" in listing.stdout.decode()
 
     # corrupt a follower's stored file (and so its release's hard link): found and fetched again
@@ -138,14 +138,14 @@ def test_replication_releases_rollback_and_a_lost_file(make_cluster):
     assert "dropped (sha256 mismatch" in (c.dir / "logs" / f"{victim}.log").read_text()
 
     # rollback: the first release's files, published as a newer release
-    out = swarmmesh("rollback", first, "--gateway", c.gateway_url)
+    out = swarmmesh("rollback", first, "--gateway", c.gateway_url, "--token", c.token)
     assert out.returncode == 0, out.stderr.decode()
     third = c.api.releases()["current"]
     wait_until(lambda: all_serve(c, c.orchestrators, third), 15, what="the rollback release everywhere")
     back = index(http_get(binhost(c, followers[1]) + "Packages"))
     assert back.packages == index(old).packages
     assert int(back.header["TIMESTAMP"]) > int(index(new).header["TIMESTAMP"])
-    assert swarmmesh("rollback", "r-nope", "--gateway", c.gateway_url).returncode == 2
+    assert swarmmesh("rollback", "r-nope", "--gateway", c.gateway_url, "--token", c.token).returncode == 2
 
     # SIGKILL the leader right after a completion, and lose the survivors' copies too
     c.api.submit_packages(["=app-misc/late-1.0"], client="itest")
