@@ -57,14 +57,14 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: 
 
 
 def _context(curve: transport.Curve | None) -> zmq.Context:
-    """One context per key pair, kept for the process (ask is called in loops)."""
-    key = curve.public if curve else b""
+    """One context per key pair and server keys, kept for the process (ask is called in loops)."""
+    key = (curve.public, frozenset(curve.servers.items())) if curve else None
     if key not in _CONTEXTS:
         _CONTEXTS[key] = transport.context(curve)
     return _CONTEXTS[key]
 
 
-_CONTEXTS: dict[bytes, zmq.Context] = {}
+_CONTEXTS: dict[tuple[bytes, frozenset] | None, zmq.Context] = {}
 
 
 def ask(url: str, op: str, args: dict | None = None, timeout: float = 5.0,
@@ -137,25 +137,43 @@ class LocalCluster:
         self.gateway_url = self.configs["gateway"].gateway.url
         self.token = (self.dir / "admin.token").read_text().strip()
         self.api = GatewayClient(self.gateway_url, timeout=10.0, token=self.token)
-        self.curve = self.admin_curve()
+        self._curves: dict[tuple[str, tuple], transport.Curve] = {}
 
     def add_key(self, name: str, role: str = "drone") -> transport.Curve | None:
         """A new key pair in keys/, authorized on every orchestrator (they pick it up without a
         restart): what an operator does to add a drone. Returns it, for sockets of the test's own."""
         public, _secret = keys.keygen(name, self.dir / clustermod.KEYS_DIR, role=role)
         shutil.copyfile(public, self.dir / clustermod.AUTHORIZED_DIR / public.name)
+        running = [o for o in self.orchestrators if self.pid(o) is not None]
+        # A CURVE handshake refused once is never retried by libzmq: connect only after every
+        # running orchestrator has read the new key (it logs that line).
+        wait_until(lambda: all(f"authorized keys: added {name}" in self._log(o) for o in running), 10,
+                   f"{', '.join(running)} to accept the key of {name}")
         return self.admin_curve(name)
+
+    def _log(self, name: str) -> str:
+        path = self.dir / "logs" / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def revoke(self, name: str) -> None:
         """Remove `name`'s public key from the authorized keys: refused at once, no restart."""
         (self.dir / clustermod.AUTHORIZED_DIR / f"{name}.key").unlink()
+
+    @property
+    def curve(self) -> transport.Curve | None:
+        """The admin's key pair, for the orchestrators as `configs` lists them now (a test may
+        move them: the chaos run puts them in network namespaces)."""
+        return self.admin_curve()
 
     def admin_curve(self, name: str = clustermod.ADMIN) -> transport.Curve | None:
         """The key pair of `name` (default: the admin's), to talk to the orchestrators directly
         as the CLI's admin does; None when benchmarks turned CURVE off."""
         if os.environ.get(keys.PLAINTEXT_ENV) == "1":
             return None
-        return keys.load_curve(self.dir / clustermod.KEYS_DIR, name, self.configs[self.orchestrators[0]].orchestrators)
+        addrs = self.configs[self.orchestrators[0]].orchestrators
+        if (name, addrs) not in self._curves:
+            self._curves[name, addrs] = keys.load_curve(self.dir / clustermod.KEYS_DIR, name, addrs)
+        return self._curves[name, addrs]
 
     def __enter__(self) -> LocalCluster:
         return self

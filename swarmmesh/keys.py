@@ -32,7 +32,16 @@ from typing import Any
 
 import zmq
 import zmq.auth.thread
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    EVENT_TYPE_CLOSED,
+    EVENT_TYPE_CREATED,
+    EVENT_TYPE_DELETED,
+    EVENT_TYPE_EVENTS_LOST,
+    EVENT_TYPE_MODIFIED,
+    EVENT_TYPE_MOVED,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 
 from swarmmesh import transport
@@ -50,6 +59,9 @@ REFUSAL_LOG_PERIOD = 10.0
 #: Bench-only: the same nodes with CURVE off, to measure what it costs. Never in production.
 PLAINTEXT_ENV = "SWARMMESH_BENCH_PLAINTEXT"
 
+#: watchdog events that change the directory (not the opens and reads that reload() causes)
+_CHANGES = frozenset({EVENT_TYPE_CREATED, EVENT_TYPE_DELETED, EVENT_TYPE_MOVED, EVENT_TYPE_MODIFIED,
+                      EVENT_TYPE_CLOSED, EVENT_TYPE_EVENTS_LOST})
 _KEY_RE = re.compile(rb'^\s*(public-key|secret-key)\s*=\s*"([0-9A-Za-z.\-:+=^!/*?&<>()\[\]{}@%$#]{40})"\s*$')
 _META_RE = re.compile(r'^\s+([a-z][a-z0-9_-]*)\s*=\s*"?([A-Za-z0-9._-]*)"?\s*$')
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
@@ -214,8 +226,11 @@ class AuthorizedKeys:
             self._observer.join(timeout=2)
             self._observer = None
 
-    def _changed(self, event: FileSystemEvent | None = None) -> None:
-        self.reload()
+    def _changed(self, event: FileSystemEvent) -> None:
+        """Only changes count: reading the keys opens them, and reacting to those open/close
+        events would reload in a loop (inotify reports reads too)."""
+        if event.event_type in _CHANGES:
+            self.reload()
 
     def reload(self) -> None:
         """Read the directory again; report keys that are gone (on watchdog's thread)."""
