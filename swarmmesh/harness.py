@@ -74,6 +74,8 @@ def ask(url: str, op: str, args: dict | None = None, timeout: float = 5.0,
     sock: zmq.Socket = transport.dealer(_context(curve), url)
     try:
         req = protocol.Request(op=op, req_id=uuid.uuid4().hex, args=args or {})
+        if not sock.poll(int(timeout * 1000), zmq.POLLOUT):  # no key for that address: not connected
+            raise ClusterError(f"could not connect to {url} within {timeout}s (no server key for it?)")
         sock.send(protocol.encode(req))
         if not sock.poll(int(timeout * 1000)):
             raise ClusterError(f"{url} did not answer {op!r} within {timeout}s")

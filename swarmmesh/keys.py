@@ -295,13 +295,14 @@ class Gatekeeper:
         public = transport.user_id(frame)
         return self.keys.get(public) if public else None
 
-    def allows(self, frame: Any, msg: Any) -> bool:
-        """Whether `msg` (decoded from `frame`) may be acted on; a refusal is logged with the key."""
+    def allows(self, frame: Any, msg: Any, identity: bytes | None = None) -> bool:
+        """Whether `msg` (decoded from `frame`, sent from ROUTER `identity` if given) may be
+        acted on; a refusal is logged with the key."""
         if self.keys is None:
             return True
         public = transport.user_id(frame) or ""
         info = self.keys.get(public)
-        why = refusal(info, msg)
+        why = refusal(info, msg) or _identity_refusal(info, msg, identity)
         if why is not None:
             self.keys.refused(public, f"a {getattr(msg, 'TYPE', '?')!r} message: {why}")
         return why is None
@@ -312,6 +313,17 @@ class Gatekeeper:
             self._zap = None
         if self.keys is not None:
             self.keys.close()
+
+
+def _identity_refusal(info: KeyInfo | None, msg: Any, identity: bytes | None) -> str | None:
+    """A drone's socket identity is its name (the ROUTER routes replies by it): a key that
+    speaks the drone protocol under another drone's identity is taking over that drone's
+    route, which ROUTER_HANDOVER allows at the socket level."""
+    if info is None or identity is None or getattr(msg, "drone", None) is None:
+        return None
+    if identity != info.name.encode():
+        return f"it belongs to drone {info.name!r}, whose socket claims to be {identity!r}"
+    return None
 
 
 def refusal(info: KeyInfo | None, msg: Any) -> str | None:

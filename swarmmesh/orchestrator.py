@@ -227,7 +227,7 @@ class Orchestrator:
         except ProtocolError as exc:
             log.warning("rejected a frame from %r: %s", identity, exc)
             return
-        if not self.gate.allows(payload, msg):
+        if not self.gate.allows(payload, msg, identity):
             return
         for comp in self.components:
             if comp.accepts(msg):
