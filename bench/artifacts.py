@@ -43,7 +43,7 @@ import aiohttp  # noqa: E402
 from swarmmesh import gentoo, gpkg_writer  # noqa: E402
 from swarmmesh.builders import BuildResult  # noqa: E402
 from swarmmesh.drone import Drone  # noqa: E402
-from swarmmesh.harness import LocalCluster, wait_until  # noqa: E402
+from swarmmesh.harness import CURVE_CHOICES, LocalCluster, curve_modes, wait_until  # noqa: E402
 
 MIB = 1024 * 1024
 
@@ -161,10 +161,16 @@ def main() -> None:
     parser.add_argument("--keep", metavar="DIR", help="Work in DIR (must not exist) and keep it: logs, stores.")
     parser.add_argument("--signing", choices=("on", "off", "both"), default="both",
                         help="the leader signing every package, not, or both in turn (default)")
+    parser.add_argument("--curve", choices=CURVE_CHOICES, default="on",
+                        help="CURVE on every socket, off (plaintext, benchmarks only), or both, side by side")
     args = parser.parse_args()
-    for sign in {"on": [True], "off": [False], "both": [False, True]}[args.signing]:
-        print(f"--- signing {'on' if sign else 'off'}")
-        run(args, sign)
+    keep = args.keep
+    for mode in curve_modes(args.curve):
+        for sign in {"on": [True], "off": [False], "both": [False, True]}[args.signing]:
+            print(f"--- {mode}, signing {'on' if sign else 'off'}")
+            if keep and (args.curve == "both" or args.signing == "both"):
+                args.keep = f"{keep}-{mode.split()[-1]}-{'signed' if sign else 'unsigned'}"
+            run(args, sign)
 
 
 def run(args: argparse.Namespace, sign: bool) -> None:

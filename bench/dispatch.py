@@ -37,7 +37,7 @@ from datetime import datetime  # noqa: E402
 from swarmmesh import protocol, transport  # noqa: E402
 from swarmmesh.builders import SimulatedBuilder  # noqa: E402
 from swarmmesh.drone import Drone  # noqa: E402
-from swarmmesh.harness import LocalCluster, wait_until  # noqa: E402
+from swarmmesh.harness import CURVE_CHOICES, LocalCluster, curve_modes, wait_until  # noqa: E402
 
 ZERO = 1e-6  # the config refuses max_seconds = 0; a microsecond is as good as zero
 STORED = re.compile(r"^(\S+) .* swarmmesh\.drone: job (\S+) stored ", re.M)
@@ -191,7 +191,15 @@ def main() -> None:
     parser.add_argument("--dir", help="where (b) keeps its cluster's data (default: the system's temp dir)")
     parser.add_argument("--signing", choices=("on", "off", "both"), default="both",
                         help="(b) with the leader signing every package, without, or both in turn (default)")
+    parser.add_argument("--curve", choices=CURVE_CHOICES, default="on",
+                        help="CURVE on every socket, off (plaintext, benchmarks only), or both, side by side")
     args = parser.parse_args()
+    for mode in curve_modes(args.curve):
+        print(f"=== {mode} ===")
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     if not args.skip_latency:
         print(f"(a) submit -> build start, drones idle, {args.trials} trials each")
         head = ("median ms", "p90 ms", "p99 ms", "max ms", "reply median ms")

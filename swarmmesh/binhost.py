@@ -26,7 +26,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from swarmmesh import releases
+from swarmmesh import peerauth, releases
 from swarmmesh.component import Component, Node
 from swarmmesh.config import NodeConfig
 from swarmmesh.errors import ConfigError
@@ -78,9 +78,11 @@ class Site:
     `staging_feed` are the releases' (what this node serves, the feed drones install from)."""
 
     def __init__(self, node: Node, data_dir: Path, storage: Storage, *, serving: Callable[[], str | None],
-                 staging_feed: Callable[[], Feed], signer: PackageSigner | None = None) -> None:
+                 staging_feed: Callable[[], Feed], signer: PackageSigner | None = None,
+                 peer_key: bytes = b"") -> None:
         self.node = node
         self._signer = signer
+        self._peer_key = peer_key  # /store answers only requests signed with it (peerauth.py)
         self.data = Path(data_dir)
         self.storage = storage
         self._serving = serving
@@ -120,6 +122,8 @@ class Site:
         return web.Response(text=signer.public_keys(), content_type="application/pgp-keys")
 
     async def store(self, request: web.Request) -> web.StreamResponse:
+        if (denied := self._refused(request, b"")) is not None:
+            return denied
         sha = request.match_info["sha256"]
         if not _SHA256.match(sha):
             return _not_found("a store object is named by its sha256")
@@ -129,12 +133,23 @@ class Site:
     async def bundle(self, request: web.Request) -> web.StreamResponse:
         """`<sha256> <size>\\n<bytes>` per requested file, in order; size -1 for a file this node
         lacks, or one too big to bundle (fetch that one with GET)."""
-        shas = (await request.text()).split()
+        body = await request.read()
+        if (denied := self._refused(request, body)) is not None:
+            return denied
+        shas = body.decode("ascii", "replace").split()
         if not 0 < len(shas) <= BUNDLE_FILES or not all(_SHA256.match(s) for s in shas):
             return web.Response(status=400, text=f"send 1 to {BUNDLE_FILES} sha256 names, one per line\n")
         parts = await asyncio.get_running_loop().run_in_executor(None, self._read_bundle, shas)
         # one body (at most BUNDLE_MAX_BYTES): a write per part cost a send() each
         return web.Response(body=b"".join(parts), content_type="application/octet-stream")
+
+    def _refused(self, request: web.Request, body: bytes) -> web.Response | None:
+        why = peerauth.refusal(self._peer_key, request.headers.get(peerauth.HEADER), request.method,
+                               request.path, body=body)
+        if why is None:
+            return None
+        log.warning("refused %s %s from %s: %s", request.method, request.path, request.remote, why)
+        return web.Response(status=403, text=f"refused: {why}\n")
 
     def _read_bundle(self, shas: list[str]) -> list[bytes]:
         parts, budget, store = [], BUNDLE_MAX_BYTES, self.storage.store
@@ -190,7 +205,8 @@ class Binhost(Component):
         me = config.me()
         self.host = host if host is not None else me.host
         self.port = port if port is not None else me.binhost_port
-        self.site = Site(node, config.data_dir, storage, serving=serving, staging_feed=staging_feed, signer=signer)
+        self.site = Site(node, config.data_dir, storage, serving=serving, staging_feed=staging_feed, signer=signer,
+                         peer_key=peerauth.peer_key(config.secret))
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
         self._started = threading.Event()

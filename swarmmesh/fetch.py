@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from swarmmesh import peerauth
 from swarmmesh.errors import ArtifactError, FetchError
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ class Source:
     name: str
     host: str
     port: int
+    key: bytes = b""  # peerauth.peer_key(cluster secret): signs each request to /store
 
 
 def fetch(store: Store, sha256: str, size: int | None, sources: list[Source],
@@ -41,7 +43,7 @@ def fetch(store: Store, sha256: str, size: int | None, sources: list[Source],
     problems = []
     for src in sources:
         try:
-            fetch_from(store, sha256, size, src.host, src.port, stop=stop)
+            fetch_from(store, sha256, size, src.host, src.port, stop=stop, key=src.key)
             return src.name
         except (OSError, http.client.HTTPException, ArtifactError) as exc:
             problems.append(f"{src.name}: {exc}")
@@ -49,11 +51,12 @@ def fetch(store: Store, sha256: str, size: int | None, sources: list[Source],
 
 
 def fetch_from(store: Store, sha256: str, size: int | None, host: str, port: int, *,
-               stop: threading.Event | None = None) -> None:
+               stop: threading.Event | None = None, key: bytes = b"") -> None:
     """Stream `GET /store/<sha256>` into a temp file, check size and sha256, then rename."""
     conn = http.client.HTTPConnection(host, port, timeout=FETCH_TIMEOUT)
     try:
-        conn.request("GET", f"/store/{sha256}")
+        path = f"/store/{sha256}"
+        conn.request("GET", path, headers={peerauth.HEADER: peerauth.sign(key, "GET", path)})
         resp = conn.getresponse()
         if resp.status != 200:
             raise ArtifactError(f"HTTP {resp.status}")
@@ -94,7 +97,9 @@ def fetch_bundle(store: Store, files: list[tuple[str, int]], src: Source,
     alone: the caller retries it the one-by-one way."""
     conn = http.client.HTTPConnection(src.host, src.port, timeout=FETCH_TIMEOUT)
     try:
-        conn.request("POST", "/store", body="\n".join(sha for sha, _size in files).encode())
+        body = "\n".join(sha for sha, _size in files).encode()
+        signed = {peerauth.HEADER: peerauth.sign(src.key, "POST", "/store", body)}
+        conn.request("POST", "/store", body=body, headers=signed)
         resp = conn.getresponse()
         if resp.status != 200:
             raise ArtifactError(f"{src.name}: HTTP {resp.status} for a bundle")

@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -65,6 +65,25 @@ def _context(curve: transport.Curve | None) -> zmq.Context:
 
 
 _CONTEXTS: dict[tuple[bytes, frozenset] | None, zmq.Context] = {}
+
+
+CURVE_CHOICES = ("on", "off", "both")
+
+
+def curve_modes(choice: str) -> Iterator[str]:
+    """Benchmarks only: yield "CURVE on" and/or "CURVE off" with every node started meanwhile
+    (and this process's own drones) using CURVE or plaintext, to measure what CURVE costs."""
+    modes = {"on": ["on"], "off": ["off"], "both": ["on", "off"]}[choice]
+    before = os.environ.get(keys.PLAINTEXT_ENV)
+    try:
+        for mode in modes:
+            os.environ[keys.PLAINTEXT_ENV] = "1" if mode == "off" else "0"
+            yield f"CURVE {mode}"
+    finally:
+        if before is None:
+            os.environ.pop(keys.PLAINTEXT_ENV, None)
+        else:
+            os.environ[keys.PLAINTEXT_ENV] = before
 
 
 def ask(url: str, op: str, args: dict | None = None, timeout: float = 5.0,

@@ -41,6 +41,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from swarmmesh import peerauth
 from swarmmesh.component import Component, Node
 from swarmmesh.config import NodeConfig
 from swarmmesh.errors import FetchError
@@ -96,6 +97,7 @@ class Replicator(Component):
         self.store = storage.store
         self._relink = relink  # the releases' own: a re-fetched file replaces a corrupt copy there
         self._addrs = {o.name: o for o in config.orchestrators}
+        self._peer_key = peerauth.peer_key(config.secret)
         self._keep_releases = config.keep_releases
         self._scrub_interval = config.scrub_interval
         self._pool = ThreadPoolExecutor(FETCH_WORKERS, thread_name_prefix=f"fetch-{node.name}")
@@ -304,7 +306,7 @@ class Replicator(Component):
         if not known:
             return []
         turn = zlib.crc32(f"{self.me}:{sha}".encode()) % len(known)
-        return [Source(a.name, a.host, a.binhost_port) for a in known[turn:] + known[:turn]]
+        return [Source(a.name, a.host, a.binhost_port, self._peer_key) for a in known[turn:] + known[:turn]]
 
     def _fetched(self, sha: str, info: dict, outcome: str | Exception, quiet: bool = False) -> None:
         """`outcome`: the source's name, or why the fetch failed."""

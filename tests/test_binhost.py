@@ -12,13 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from swarmmesh import binhost, gentoo, staging
+from swarmmesh import binhost, gentoo, peerauth, staging
 from swarmmesh.binhost import Binhost
 from swarmmesh.config import OrchestratorAddr
 from swarmmesh.errors import ConfigError
 from swarmmesh.gateway import ClusterView, choose_binhost
 from swarmmesh.protocol import LeaderInfo, NodeInfo
 from tests.fakes import publish, receive, serve_binhost, store_gpkg
+
+PEER_KEY = peerauth.peer_key("s" * 16)  # the fake node's cluster secret (tests/fakes.py)
 
 
 @pytest.fixture
@@ -29,9 +31,11 @@ def served(node):
 
 
 def get(host: Binhost, path: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    """A GET as a peer would send it (signed; the binhost's other paths ignore the header)."""
     conn = http.client.HTTPConnection("127.0.0.1", host.port, timeout=5)
     try:
-        conn.request("GET", path, headers=headers or {})
+        signed = {peerauth.HEADER: peerauth.sign(PEER_KEY, "GET", path)}
+        conn.request("GET", path, headers={**signed, **(headers or {})})
         resp = conn.getresponse()
         return resp.status, dict(resp.getheaders()), resp.read()
     finally:
@@ -109,7 +113,7 @@ def test_staging_feed_store_and_release_endpoints(served):
 def post(host: Binhost, path: str, body: bytes) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", host.port, timeout=5)
     try:
-        conn.request("POST", path, body=body)
+        conn.request("POST", path, body=body, headers={peerauth.HEADER: peerauth.sign(PEER_KEY, "POST", path, body)})
         resp = conn.getresponse()
         return resp.status, resp.read()
     finally:
@@ -197,3 +201,35 @@ def test_binhost_choice_skips_silent_nodes_and_serves_without_a_leader():
     # a fell silent (leader beacon and binhost answers older than the 2 s window): c still serves
     assert choose_binhost(view, 12.5) == "http://127.0.0.1:5003/"
     assert choose_binhost(view, 14.0) is None
+
+
+def _raw(host: Binhost, method: str, path: str, body: bytes | None = None, headers: dict | None = None) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", host.port, timeout=5)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def test_store_answers_only_requests_signed_with_the_cluster_secret_and_releases_stay_open(served):
+    node, host = served
+    info = store_gpkg(node, "app-misc/p-1.0")
+    publish(node, "r-1", 100, [info])
+    path = f"/store/{info.sha256}"
+    other = peerauth.peer_key("another cluster's secret")
+    assert _raw(host, "GET", path) == 403  # no signature
+    assert _raw(host, "GET", path, headers={peerauth.HEADER: peerauth.sign(other, "GET", path)}) == 403
+    assert _raw(host, "GET", path, headers={peerauth.HEADER: "junk"}) == 403
+    stale = peerauth.sign(PEER_KEY, "GET", path, now=1_000_000)  # replayed long after
+    assert _raw(host, "GET", path, headers={peerauth.HEADER: stale}) == 403
+    for_another = peerauth.sign(PEER_KEY, "GET", "/store/" + "0" * 64)  # signed for another path
+    assert _raw(host, "GET", path, headers={peerauth.HEADER: for_another}) == 403
+    body = info.sha256.encode()
+    assert _raw(host, "POST", "/store", body) == 403
+    wrong_body = {peerauth.HEADER: peerauth.sign(PEER_KEY, "POST", "/store", b"0" * 64)}
+    assert _raw(host, "POST", "/store", body, headers=wrong_body) == 403
+    assert get(host, path)[0] == 200 and post(host, "/store", body)[0] == 200  # signed: served
+    assert _raw(host, "GET", "/Packages") == 200  # plain emerge needs no key
