@@ -95,8 +95,8 @@ def _banner(kind: str) -> str:
     return f"#   ****  Generated on {stamp} by swarmmesh keygen  ****\n#   ZeroMQ CURVE {kind} Certificate\n"
 
 
-def _cert_text(kind: str, role: str, public: str, secret: str | None = None) -> str:
-    text = _banner(kind) + f'metadata\n    role = "{role}"\ncurve\n    public-key = "{public}"\n'
+def _cert_text(kind: str, name: str, role: str, public: str, secret: str | None = None) -> str:
+    text = _banner(kind) + f'metadata\n    name = "{name}"\n    role = "{role}"\ncurve\n    public-key = "{public}"\n'
     return text + (f'    secret-key = "{secret}"\n' if secret else "")
 
 
@@ -120,29 +120,35 @@ def keygen(name: str, directory: str | os.PathLike[str], role: str = "drone") ->
             raise ConfigError(f"{path} exists; keys are never overwritten: remove it first (and revoke the "
                               "old public key wherever it is authorized) or choose another name")
     public, secret = (k.decode("ascii") for k in zmq.curve_keypair())
-    _write_new(secret_path, _cert_text("Secret", role, public, secret), 0o600)
-    _write_new(public_path, _cert_text("Public", role, public), 0o644)
+    _write_new(secret_path, _cert_text("Secret", name, role, public, secret), 0o600)
+    _write_new(public_path, _cert_text("Public", name, role, public), 0o644)
     return public_path, secret_path
 
 
 def read_cert(path: Path) -> tuple[KeyInfo, str | None]:
-    """A certificate file: its key (named after the file) and, in a secret file, the secret."""
+    """A certificate file: its key and, in a secret file, the secret. The key's name is its
+    `name` metadata (so a new key can sit beside the old one under another file name while
+    keys are rotated), else the file name without ``.key``/``.key_secret``."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read the key file {path} ({exc.strerror or exc}); make it with "
                           f"`swarmmesh keygen {path.stem} --dir {path.parent}`") from None
     found: dict[bytes, str] = {}
-    role = "drone"
+    meta: dict[str, str] = {}
     for line in raw.splitlines()[:64]:
         if m := _KEY_RE.match(line):
             found[m.group(1)] = m.group(2).decode("ascii")
-        elif (meta := _META_RE.match(line.decode("utf-8", "replace"))) and meta.group(1) == "role":
-            role = meta.group(2)
+        elif item := _META_RE.match(line.decode("utf-8", "replace")):
+            meta.setdefault(item.group(1), item.group(2))
+    role = meta.get("role", "drone")
+    name = meta.get("name") or path.name.removesuffix("_secret").removesuffix(".key")
     if b"public-key" not in found or role not in ROLES:
         raise ConfigError(f"{path} is not a swarmmesh key file (no public-key line, or role {role!r} is not "
                           f"one of {', '.join(ROLES)}); make one with `swarmmesh keygen NAME --dir DIR`")
-    return KeyInfo(path.name.split(".")[0], role, found[b"public-key"]), found.get(b"secret-key")
+    if not _NAME_RE.match(name):
+        raise ConfigError(f"{path} names the node {name!r}, which is not a valid node name")
+    return KeyInfo(name, role, found[b"public-key"]), found.get(b"secret-key")
 
 
 def load_authorized(directory: Path) -> dict[str, KeyInfo]:

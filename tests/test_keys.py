@@ -48,7 +48,7 @@ def test_read_cert_refuses_files_that_are_no_key_and_load_authorized_skips_them(
         keys.read_cert(tmp_path / "missing.key")
     with caplog.at_level(logging.WARNING, logger="swarmmesh.keys"):
         found = keys.load_authorized(tmp_path)
-    assert [info.name for info in found.values()] == ["copy"]  # read in name order: gw.key is the copy
+    assert [info.name for info in found.values()] == ["gw"]  # named by its metadata; gw.key is the duplicate
     assert "junk.key" in caplog.text and "bad-role.key" in caplog.text and "same key" in caplog.text
 
 
@@ -182,3 +182,12 @@ def test_a_revoked_key_is_refused_on_a_live_connection(server, caplog) -> None:
         assert "not authorized" in caplog.text
     finally:
         ctx.destroy(linger=0)
+
+
+def test_a_key_is_named_by_its_metadata_so_a_new_one_can_sit_beside_the_old(tmp_path: Path) -> None:
+    keys.keygen("build.host-1", tmp_path / "new")
+    authorized = tmp_path / "authorized"
+    authorized.mkdir()
+    shutil.copyfile(tmp_path / "new" / "build.host-1.key", authorized / "build.host-1.rotated.key")
+    (info,) = keys.load_authorized(authorized).values()
+    assert info.name == "build.host-1"  # a dotted node name, under another file name
