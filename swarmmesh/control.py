@@ -24,6 +24,8 @@ from swarmmesh.releases import check_release_id, new_release_id
 log = logging.getLogger(__name__)
 
 COMMIT_TIMEOUT = 10.0
+#: Packages in one submission at most (the 16 MiB body limit alone would allow ~800,000).
+MAX_BATCH_PACKAGES = 50_000
 #: Answered by any orchestrator from its own applied state. `view` is `swarm` as this node
 #: applied it (the chaos checks compare each follower's queue with the leader's, not only the
 #: fingerprint each reports about itself); `swarm` itself stays the leader's.
@@ -199,11 +201,21 @@ def _finalize_shape(result: dict) -> tuple[bool, str, str, Any]:
 
 def _refs_from(args: dict) -> list[gentoo.PackageRef]:
     text, packages = args.get("text"), args.get("packages")
+    if isinstance(packages, list) and len(packages) > MAX_BATCH_PACKAGES:
+        raise InputError(_too_many(len(packages)))
     if isinstance(text, str) and packages is None:
-        return gentoo.parse_package_list(text)
-    if isinstance(packages, list) and text is None:
-        return gentoo.parse_packages(packages)
-    raise InputError("submit needs either 'text' (a package list) or 'packages' (a list of atoms), not both")
+        refs = gentoo.parse_package_list(text)
+    elif isinstance(packages, list) and text is None:
+        refs = gentoo.parse_packages(packages)
+    else:
+        raise InputError("submit needs either 'text' (a package list) or 'packages' (a list of atoms), not both")
+    if len(refs) > MAX_BATCH_PACKAGES:
+        raise InputError(_too_many(len(refs)))
+    return refs
+
+
+def _too_many(count: int) -> str:
+    return f"a batch of {count} packages is more than {MAX_BATCH_PACKAGES}; split it into several submissions"
 
 
 def _deps_from(raw: Any) -> dict[str, list[str]] | None:

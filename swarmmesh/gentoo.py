@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 _FORM = "expected one exact version such as cat/pkg-1.0, =cat/pkg-1.0 or =cat/pkg-1.0::repo"
 _MAX_ATOM = 512
+#: Longest line of a submission (an `emerge --pretend` line with USE flags is a few hundred).
+MAX_LINE = 4096
 _SPACE = re.compile(r"\s")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _PRETEND = re.compile(r"\[(?:ebuild|binary|nomerge|blocks|uninstall)[\s\]]")
@@ -76,6 +78,10 @@ def parse_package_list(text: str) -> list[PackageRef]:
     if "\x1b" in text:
         text = _ANSI.sub("", text)
     lines = text.splitlines()
+    long = [(n, line[:80] + "...", f"longer than {MAX_LINE} characters")
+            for n, line in enumerate(lines, 1) if len(line) > MAX_LINE]
+    if long:
+        raise BadAtomsError(long)
     pretend = any(_PRETEND.match(line) for line in lines)
     found, bad = _scan_pretend(lines) if pretend else _scan_atom_lines(lines)
     if bad:

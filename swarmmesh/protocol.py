@@ -278,7 +278,8 @@ def decode(frame: bytes | memoryview, max_size: int = MAX_FRAME) -> Message:
 def _build(body: dict) -> Message:
     if body.pop("v", None) != VERSION:
         raise ProtocolError(f"unsupported protocol version (this node speaks {VERSION})")
-    cls = _TYPES.get(body.pop("t", None))
+    kind = body.pop("t", None)
+    cls = _TYPES.get(kind) if isinstance(kind, str) else None  # a list here is unhashable
     if cls is None:
         raise ProtocolError("unknown message type")
     try:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from swarmmesh.control import Control, _client_from, _deps_from, _finalize_shape, _refs_from, _unblock_key
-from swarmmesh.errors import BadAtomsError, InputError
+from swarmmesh.errors import BadAtomsError, InputError, SwarmError
 from swarmmesh.protocol import Reply, Request
 from tests.fakes import FakeNode
 
@@ -70,3 +72,43 @@ def test_a_follower_shows_its_own_view_but_sends_swarm_to_the_leader(tmp_path):
     assert view.ok and (view.result["node"], view.result["leader"], view.result["term"]) == ("o2", "o1", 1)
     assert view.result["counts"]["total"] == 0
     assert (swarm.ok, swarm.code, swarm.leader) == (False, "not_leader", "o1")
+
+
+def test_limits_on_a_submission_are_refused_with_a_clear_error():
+    from swarmmesh.control import MAX_BATCH_PACKAGES
+    from swarmmesh.gentoo import MAX_LINE
+
+    with pytest.raises(InputError, match="split it into several submissions"):
+        _refs_from({"packages": [f"=app-misc/p{i}-1.0" for i in range(MAX_BATCH_PACKAGES + 1)]})
+    with pytest.raises(BadAtomsError, match=f"longer than {MAX_LINE} characters"):
+        _refs_from({"text": "=app-misc/a-1.0\n" + "x" * (MAX_LINE + 1)})
+
+
+# --- fuzzing the POST /build parser: nothing escapes but the project's own error type ---------
+
+_JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=10)
+_LINES = st.lists(st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(["=app-misc/a-1.0", "app-misc/b-2", "=cat/p-1::repo", "[ebuild  N  ] app-misc/c-1.0",
+                     "; rm -rf /", "$(reboot)", "`id`", "=a/b-1\n=c/d-2", "../../etc/passwd", "=a/b-1 && x"]),
+), max_size=8)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.one_of(
+    st.builds(lambda lines: {"text": "\n".join(lines)}, _LINES),
+    st.builds(lambda items: {"packages": items}, st.lists(_JSONISH, max_size=6)),
+    st.dictionaries(st.sampled_from(["text", "packages", "deps", "client"]), _JSONISH, max_size=4),
+))
+def test_fuzzed_submissions_parse_or_raise_swarm_errors_only(args):
+    try:
+        refs = _refs_from(args)
+        _deps_from(args.get("deps"))
+        _client_from(args.get("client"))
+    except SwarmError:
+        return
+    for ref in refs:  # what is accepted is a plain atom: no shell metacharacters, no newlines
+        assert not set(ref.key) & set(";|&$`<>\\\n\r \t\"'*?()")

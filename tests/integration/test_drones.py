@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -290,3 +291,49 @@ def test_emerge_drone_builds_real_packages_and_a_broken_one_fails_with_its_log(m
     error = pkgs["test-cat/broken-1.0"]["error"]
     assert error.startswith("emerge exited with 1\n") and "this package never builds" in error
     assert [o.split(" ")[0] for _, o in endings(c, "drone-1")] == ["stored", "stored", "failed"]
+
+
+# --- 10,000 random frames at a live broker and artifacts socket -------------------------------
+
+
+def _random_frame(rng: random.Random) -> bytes:
+    """Garbage, truncated messages, and real message types with fields of the wrong types."""
+    kind = rng.randrange(4)
+    if kind == 0:
+        return rng.randbytes(rng.randrange(0, 300))
+    sample = protocol.encode(rng.choice([
+        Hello(drone=BadDrone.NAME, cores=1, slots=1, builder="simulated"),
+        Heartbeat(drone=BadDrone.NAME, running=[]),
+        JobFailed(drone=BadDrone.NAME, key="app-misc/x-1.0", term=0, error="e"),
+        Chunk(upload="ab12cd34", seq=0, data=b"x" * 64),
+        Trailer(upload="ab12cd34", drone=BadDrone.NAME, key="app-misc/x-1.0", term=0, size=64,
+                sha256="0" * 64, chunks=1)]))
+    if kind == 1:
+        return sample[:rng.randrange(len(sample))]
+    body = msgpack.unpackb(sample)
+    junk = [None, -1, 2**63, "", "../../x", b"\x00", [1, [2]], {"a": {}}, 1.5, True]
+    for name in rng.sample(sorted(body), rng.randrange(1, len(body) + 1)):
+        if name != "t" or kind == 3:
+            body[name] = rng.choice(junk)
+    return msgpack.packb(body, use_bin_type=True)
+
+
+@pytest.mark.timeout(150)
+def test_ten_thousand_random_frames_at_the_broker_and_artifacts_socket_then_a_build_completes(bad_cluster):
+    c = bad_cluster
+    leader = c.leader(timeout=20)
+    bad = BadDrone(c, leader)  # an authorized key: outsiders do not even get a handshake
+    rng = random.Random(13)
+    try:
+        for _ in range(5000):
+            bad.dealer.send(_random_frame(rng))
+            bad.push.send(_random_frame(rng))
+        # the broker answered what it could and dropped the rest; it still serves everyone
+        assert c.ask(leader, "status")["role"] == "leader"
+    finally:
+        bad.close()
+    c.up("drone-1")
+    c.api.submit_packages(["=app-misc/after-1.0", "=app-misc/after-2.0"], client="itest")
+    wait_until(lambda: counts(c)["received"] == 2, 30, what="a normal build after the fuzzing")
+    assert all(c.pid(name) is not None for name in c.orchestrators)
+    assert "Traceback" not in "".join(log_of(c, name) for name in c.orchestrators)
