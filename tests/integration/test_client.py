@@ -21,8 +21,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 def test_client_from_file_builds_in_order_finalizes_and_writes_binrepos(make_cluster, tmp_path: Path) -> None:
     c = make_cluster(orchestrators=3, drones=2)
     binrepos = tmp_path / "binrepos.conf" / "swarmmesh.conf"
-    done = swarmmesh("client", "--from-file", str(TREE), "--gateway", c.gateway_url, "--client", "box",
-                     "--finalize", "--write-binrepos", str(binrepos), "--timeout", "60", timeout=90)
+    done = swarmmesh("client", "--from-file", str(TREE), "--gateway", c.gateway_url, "--token", c.token,
+                     "--client", "box", "--finalize", "--write-binrepos", str(binrepos), "--timeout", "60", timeout=90)
     out = done.stdout.decode()
     assert done.returncode == 0, done.stderr.decode() + out
     assert "queued batch" in out and "7/7 done" in out and "released r-" in out
@@ -36,6 +36,7 @@ def test_client_from_file_builds_in_order_finalizes_and_writes_binrepos(make_clu
     [batch] = [b for b in swarm["batches"] if b["client"] == "box"]
     assert batch["counts"]["received"] == 7
 
-    again = swarmmesh("client", "--from-file", str(TREE), "--gateway", c.gateway_url, "--no-wait", timeout=30)
+    again = swarmmesh("client", "--from-file", str(TREE), "--gateway", c.gateway_url, "--token", c.token,
+                      "--no-wait", timeout=30)
     assert again.returncode == 0, again.stderr.decode()
     assert "7 packages (0 new)" in again.stdout.decode()  # the same configuration is built once
