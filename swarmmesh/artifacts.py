@@ -206,9 +206,10 @@ class Receiver(Component):
         self.pull.close(0)
 
     # --- frames --------------------------------------------------------------------------
-    def _frame(self, frame: zmq.Frame) -> None:
+    def _frame(self, frame: zmq.Frame | bytes) -> None:
         try:
-            msg = protocol.decode(frame.buffer, max_size=protocol.MAX_CHUNK_FRAME)
+            data = frame.buffer if isinstance(frame, zmq.Frame) else frame
+            msg = protocol.decode(data, max_size=protocol.MAX_CHUNK_FRAME)
         except ProtocolError as exc:
             log.warning("rejected an artifact frame: %s", exc)
             return
@@ -221,7 +222,7 @@ class Receiver(Component):
         else:
             log.warning("unexpected %r message on the artifact socket", msg.TYPE)
 
-    def _from_drone(self, frame: zmq.Frame, msg: protocol.Message) -> bool:
+    def _from_drone(self, frame: zmq.Frame | bytes, msg: protocol.Message) -> bool:
         """Only drones' keys upload, and a trailer must name the drone whose key sent it."""
         if isinstance(msg, protocol.Trailer):
             return self._gate.allows(frame, msg)

@@ -6,12 +6,17 @@ from __future__ import annotations
 import pytest
 import zmq
 
-from swarmmesh import cluster, protocol
+from swarmmesh import cluster, keys, protocol, transport
 from swarmmesh.config import load_config
 from swarmmesh.orchestrator import EVENT_PERIOD, Orchestrator
 from tests.conftest import wait_until
 
 T0, WALL0 = 5_000.0, 1_700_000_000.0
+
+
+def _admin(config) -> transport.Curve:
+    """The key pair `cluster init` made for the admin, as the CLI's admin would use it."""
+    return keys.load_curve(config.path.parent / "keys", "admin", config.orchestrators)
 
 
 @pytest.fixture
@@ -20,11 +25,8 @@ def stepped(tmp_path):
     paths = cluster.init_cluster(tmp_path, orchestrators=1, drones=0, base_port=0)
     config = load_config(paths[0])
     node = Orchestrator(config, clock=lambda: T0, wall=lambda: WALL0)
-    ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.SUBSCRIBE, protocol.TOPIC_NODE)
-    sub.connect(config.me().events_url)
+    ctx = transport.context(_admin(config))  # CURVE: the events go to authorized keys only
+    sub = transport.sub(ctx, [config.me().events_url], [protocol.TOPIC_NODE])
     clock = [T0]
 
     def leading() -> bool:
@@ -34,7 +36,7 @@ def stepped(tmp_path):
 
     try:
         wait_until(leading, 20, what="the one node to lead and its events to arrive")
-        while sub.poll(0):
+        while sub.poll(100):  # events already on their way (CURVE adds a little latency)
             sub.recv_multipart()
         yield node, sub, clock[0]
     finally:
@@ -63,9 +65,8 @@ def test_events_follow_the_time_each_step_is_given(stepped):
 
 def test_a_step_answers_what_arrived_and_stamps_commits_with_its_wall_time(stepped):
     node, _sub, now = stepped
-    client = node.ctx.socket(zmq.DEALER)
-    client.setsockopt(zmq.LINGER, 0)
-    client.connect(node.me.broker_url)
+    ctx = transport.context(_admin(node.config))
+    client = transport.dealer(ctx, node.me.broker_url)
     try:
         client.send(protocol.encode(protocol.Request(op="submit", req_id="r1", args={
             "packages": ["=app-misc/a-1.0"], "client": "t"})))
@@ -82,4 +83,5 @@ def test_a_step_answers_what_arrived_and_stamps_commits_with_its_wall_time(stepp
         batches = node.read(lambda q: q.snapshot()["batches"])
         assert [b["submitted_at"] for b in batches] == [WALL0 + 7]
     finally:
-        client.close()
+        client.close(0)
+        ctx.term()
