@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 
 import zmq
 
-from swarmmesh import gentoo, gpkg, protocol, transport
+from swarmmesh import commands, gentoo, gpkg, protocol, transport
 from swarmmesh.component import Component, Node
 from swarmmesh.config import NodeConfig
 from swarmmesh.errors import ArtifactError, ProtocolError, TransferError
@@ -350,7 +350,7 @@ class Receiver(Component):
             else:
                 self._answer(identity, tr, protocol.Rejected(key=tr.key, reason=f"not accepted: {res.get('code')}"))
 
-        self.node.commit("complete", tr.key, tr.drone, tr.term, result, self.node.wall(), then=then)
+        self.node.commit(commands.Complete(tr.key, tr.drone, tr.term, result, self.node.wall()), then=then)
 
     def _drop_unreferenced(self, sha256: str) -> None:
         """A commit that did not take our file (a duplicate upload, a stale one): signed again,
@@ -375,8 +375,8 @@ class Receiver(Component):
         def then(res: Any, err: str | None) -> None:
             self._answer(identity, tr, protocol.Rejected(key=tr.key, reason=reason, retry=False))
 
-        self.node.commit("fail", tr.key, tr.drone, tr.term, f"invalid artifact: {reason}", self.node.wall(),
-                         policy.max_attempts, policy.ground_after, then=then)
+        self.node.commit(commands.Fail(tr.key, tr.drone, tr.term, f"invalid artifact: {reason}", self.node.wall(),
+                                       policy.max_attempts, policy.ground_after), then=then)
 
     def _answer(self, identity: bytes, tr: protocol.Trailer, reply: protocol.Message) -> None:
         """The log now records how the build ended (received, or failed): the drone hears it,

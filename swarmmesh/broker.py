@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from swarmmesh import protocol
+from swarmmesh import commands, protocol
 from swarmmesh.component import Component, Node
 from swarmmesh.config import NodeConfig
 from swarmmesh.protocol import Busy, Bye, Heartbeat, Hello, JobFailed
@@ -207,8 +207,8 @@ class Broker(Component):
                     log.warning("drone %s grounded after repeated failures; `swarmmesh unblock %s` "
                                 "lets it build again", msg.drone, msg.drone)
 
-        self.node.commit("fail", msg.key, msg.drone, msg.term, error, self.wall(),
-                         self.policy.max_attempts, self.policy.ground_after, then=then)
+        self.node.commit(commands.Fail(msg.key, msg.drone, msg.term, error, self.wall(),
+                                       self.policy.max_attempts, self.policy.ground_after), then=then)
 
     def _busy(self, identity: bytes, msg: Busy) -> None:
         """Our slot count was ahead of the drone's (e.g. a cancelled build still dying): the job
@@ -220,7 +220,7 @@ class Broker(Component):
             session.rest_until = self.clock() + self.policy.heartbeat_seconds
         if self.node.read(lambda q: _held_by(q, msg.key, msg.drone)):
             log.info("drone %s had no free slot for %s: requeued", msg.drone, msg.key)
-            self.node.commit("requeue", [msg.key], f"{msg.drone} had no free slot", self.wall())
+            self.node.commit(commands.Requeue([msg.key], f"{msg.drone} had no free slot", self.wall()))
 
     def _bye(self, identity: bytes, msg: Bye) -> None:
         self.drones.pop(msg.drone, None)
@@ -234,7 +234,7 @@ class Broker(Component):
                     self.node.send(identity, protocol.Ack(key=key, kind="handback"))
 
         if held:
-            self.node.commit("requeue", held, f"handed back by {msg.drone}", self.wall(), then=acknowledge)
+            self.node.commit(commands.Requeue(held, f"handed back by {msg.drone}", self.wall()), then=acknowledge)
         else:
             acknowledge()
 
@@ -245,7 +245,7 @@ class Broker(Component):
             return  # not leading: the next leader never welcomes it
         self.drones.pop(drone, None)
         log.warning("drone %s dropped: %s; its jobs go back to needed", drone, reason)
-        self.node.commit("release_drone", drone, reason, self.wall())
+        self.node.commit(commands.ReleaseDrone(drone, reason, self.wall()))
 
     def settle(self, drone: str, key: str) -> None:
         """A build ended (its artifact arrived, or was rejected): free the slot and refill it."""
@@ -258,7 +258,7 @@ class Broker(Component):
     # --- leases --------------------------------------------------------------------------
     def _renew(self, session: DroneSession, keys: list[str]) -> None:
         deadline = self.wall() + self.policy.lease_seconds
-        self.node.commit("renew", session.name, self._term or 0, deadline, keys)
+        self.node.commit(commands.Renew(session.name, self._term or 0, deadline, keys))
 
     def _beat(self) -> None:
         for session in list(self.drones.values()):
@@ -271,10 +271,10 @@ class Broker(Component):
             if now - session.last_seen > self.policy.lease_seconds:
                 del self.drones[name]
                 log.warning("drone %s silent for %.1fs: its jobs go back to needed", name, now - session.last_seen)
-                self.node.commit("release_drone", name, "drone went silent", self.wall())
+                self.node.commit(commands.ReleaseDrone(name, "drone went silent", self.wall()))
         wall = self.wall()
         if self.node.read(lambda q: q.lease_overdue(wall)):
-            self.node.commit("expire", wall)
+            self.node.commit(commands.Expire(wall))
 
     # --- dispatch ------------------------------------------------------------------------
     def dispatch(self, fresh: list[str] | None = None) -> None:
@@ -323,7 +323,7 @@ class Broker(Component):
                 current.job_sent(key, self.clock())
                 log.debug("job %s -> %s", key, session.name)
 
-        self.node.commit("delegate", key, session.name, term, now, now + self.policy.lease_seconds, then=then)
+        self.node.commit(commands.Delegate(key, session.name, term, now, now + self.policy.lease_seconds), then=then)
 
     # --- balance -------------------------------------------------------------------------
     def balance(self, reply: Any) -> None:
@@ -344,7 +344,7 @@ class Broker(Component):
         if not stray:
             reply({"requeued": [], "drones": sorted(live), "unqueued": asked, "error": None})
             return
-        self.node.commit("requeue", stray, "balance: drone gone", self.wall(), then=then)
+        self.node.commit(commands.Requeue(stray, "balance: drone gone", self.wall()), then=then)
 
 
 def _valid_drone(msg: Hello) -> bool:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from swarmmesh import protocol
+    from swarmmesh.commands import Command
     from swarmmesh.queue import BuildQueue
 
 T = TypeVar("T")
@@ -55,8 +56,8 @@ class Node(Protocol):
         """(commit index, applied index) of the Raft log."""
         ...
 
-    def commit(self, command: str, *args: Any, then: Then | None = None, lazy: bool = False) -> None:
-        """Replicate a command; `then(result, error)` runs later on the loop's thread."""
+    def commit(self, cmd: Command, then: Then | None = None, lazy: bool = False) -> None:
+        """Replicate `cmd` (commands.py); `then(result, error)` runs later on the loop's thread."""
         ...
 
     def send(self, identity: bytes, msg: protocol.Message) -> bool:

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from swarmmesh import gentoo
+from swarmmesh import commands, gentoo
 from swarmmesh.component import Component, Node
 from swarmmesh.config import NodeConfig
 from swarmmesh.errors import BadAtomsError, InputError, SwarmError
@@ -94,7 +94,7 @@ class Control(Component):
     def _error(self, identity: bytes, req: Request, code: str, error: str, result: Any = None) -> None:
         self._send(identity, Reply(req_id=req.req_id, ok=False, code=code, error=error, result=result))
 
-    def _commit(self, identity: bytes, req: Request, command: str, *args: Any,
+    def _commit(self, identity: bytes, req: Request, cmd: commands.Command,
                 shape: Callable[[dict], tuple[bool, str, str, Any]] | None = None) -> None:
         """Commit, and reply from the callback: the ack means committed."""
         self._pending[req.req_id] = (identity, self.node.now() + COMMIT_TIMEOUT)
@@ -108,7 +108,7 @@ class Control(Component):
             ok, code, error, value = (shape or _plain)(result)
             self._send(identity, Reply(req_id=req.req_id, ok=ok, code=code, error=error, result=value))
 
-        self.node.commit(command, *args, then=then)
+        self.node.commit(cmd, then=then)
 
     # --- operations --------------------------------------------------------------------
     def _status(self, identity: bytes, req: Request) -> None:
@@ -133,14 +133,14 @@ class Control(Component):
         items = [(r.key, r.cpv, r.repo) for r in refs]
         batch_id = f"b-{uuid.uuid4().hex[:12]}"
         log.info("submit %s from %r: %d packages", batch_id, client, len(items))
-        self._commit(identity, req, "submit", batch_id, client, items, deps, self.node.wall(),
+        self._commit(identity, req, commands.Submit(batch_id, client, items, deps, self.node.wall()),
                      shape=lambda r: (True, "ok", "", {k: r[k] for k in ("batch", "count", "new")}))
         self._dispatch_new([key for key, _cpv, _repo in items], deps)
 
     def _finalize(self, identity: bytes, req: Request) -> None:
         force = bool(req.args.get("force", False))
         release_id = time.strftime("r-%Y%m%d-%H%M%S-", time.gmtime()) + uuid.uuid4().hex[:6]
-        self._commit(identity, req, "finalize", release_id, self.node.wall(), force, shape=_finalize_shape)
+        self._commit(identity, req, commands.Finalize(release_id, self.node.wall(), force), shape=_finalize_shape)
 
     def _balance(self, identity: bytes, req: Request) -> None:
         self._balance_now(lambda result: self._ok(identity, req, result))
@@ -151,13 +151,13 @@ class Control(Component):
             if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
                 raise InputError("unblock: keys must be a list of package keys (CPVs) or drone names")
             keys = [_unblock_key(k) for k in keys]
-        self._commit(identity, req, "unblock", keys or None, self.node.wall())
+        self._commit(identity, req, commands.Unblock(keys or None, self.node.wall()))
 
     def _reset(self, identity: bytes, req: Request) -> None:
         if req.args.get("confirm") is not True:
             raise InputError("reset forgets the whole queue; pass confirm=true (swarmmesh reset --yes)")
         log.warning("queue reset requested")
-        self._commit(identity, req, "reset")
+        self._commit(identity, req, commands.Reset())
 
 
     def _releases(self, identity: bytes, req: Request) -> None:
@@ -175,7 +175,7 @@ class Control(Component):
                              f"roll back to one of: {', '.join(kept) or 'none yet'}")
         release_id = new_release_id()
         log.warning("rollback to %s requested: publishing its files again as %s", target, release_id)
-        self._commit(identity, req, "rollback", target, release_id, self.node.wall(), shape=_rollback_shape)
+        self._commit(identity, req, commands.Rollback(target, release_id, self.node.wall()), shape=_rollback_shape)
 
 
 def _rollback_shape(result: dict) -> tuple[bool, str, str, Any]:

@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 
 from pysyncobj import FAIL_REASON, SyncObjConf, SyncObjConsumer, replicated
 
+from swarmmesh import commands
+from swarmmesh.commands import Command, NoteLeader
 from swarmmesh.config import MIN_SECRET_LENGTH, NodeConfig
 from swarmmesh.errors import ConfigError
 from swarmmesh.queue import BuildQueue
@@ -62,12 +64,12 @@ class QueueState(SyncObjConsumer):
             super()._deserialize(data)
             self._changes += 1
 
-    def _apply(self, name: str, *args: Any) -> Any:
+    def _apply(self, cmd: Command) -> Any:
         with self.lock:
-            if name == "note_leader" and self._stale_claim(args[0]):
-                return {"ok": False, "code": "stale_claim", "term": args[0]}
+            if isinstance(cmd, NoteLeader) and self._stale_claim(cmd.term):
+                return {"ok": False, "code": "stale_claim", "term": cmd.term}
             self._changes += 1
-            return getattr(self.queue, name)(*args)
+            return self.queue.apply(cmd)
 
     def _stale_claim(self, term: int) -> bool:
         """A claim to lead term T counts only if the leader of T appended it, i.e. its log entry
@@ -85,70 +87,72 @@ class QueueState(SyncObjConsumer):
                 self._fingerprint = (self._changes, self.queue.fingerprint())
             return self._fingerprint[1]
 
+    # One @replicated method per command, named as the command: these names are the journal's
+    # and the wire's (PySyncObj numbers the methods by their sorted names), the arguments
+    # those of commands.py, in field order.
     @replicated
-    def note_leader(self, term: int, leader: str) -> dict:
-        return self._apply("note_leader", term, leader)
+    def note_leader(self, *args: Any) -> dict:
+        return self._apply(commands.NoteLeader(*args))
 
     @replicated
-    def submit(self, batch_id: str, client: str, items: list, deps: dict | None, now: float) -> dict:
-        return self._apply("submit", batch_id, client, items, deps, now)
+    def submit(self, *args: Any) -> dict:
+        return self._apply(commands.Submit(*args))
 
     @replicated
-    def delegate(self, key: str, drone: str, term: int, now: float, lease_deadline: float) -> dict:
-        return self._apply("delegate", key, drone, term, now, lease_deadline)
+    def delegate(self, *args: Any) -> dict:
+        return self._apply(commands.Delegate(*args))
 
     @replicated
-    def renew(self, drone: str, term: int, lease_deadline: float, keys: list | None) -> dict:
-        return self._apply("renew", drone, term, lease_deadline, keys)
+    def renew(self, *args: Any) -> dict:
+        return self._apply(commands.Renew(*args))
 
     @replicated
-    def complete(self, key: str, drone: str, term: int, result: dict, now: float) -> dict:
-        return self._apply("complete", key, drone, term, result, now)
+    def complete(self, *args: Any) -> dict:
+        return self._apply(commands.Complete(*args))
 
     @replicated
-    def fail(self, key: str, drone: str, term: int, error: str, now: float,  # noqa: PLR0917
-             max_attempts: int, ground_after: int) -> dict:
-        return self._apply("fail", key, drone, term, error, now, max_attempts, ground_after)
+    def fail(self, *args: Any) -> dict:
+        return self._apply(commands.Fail(*args))
 
     @replicated
-    def requeue(self, keys: list, reason: str, now: float) -> dict:
-        return self._apply("requeue", keys, reason, now)
+    def requeue(self, *args: Any) -> dict:
+        return self._apply(commands.Requeue(*args))
 
     @replicated
-    def expire(self, now: float) -> dict:
-        return self._apply("expire", now)
+    def expire(self, *args: Any) -> dict:
+        return self._apply(commands.Expire(*args))
 
     @replicated
-    def release_drone(self, drone: str, reason: str, now: float) -> dict:
-        return self._apply("release_drone", drone, reason, now)
+    def release_drone(self, *args: Any) -> dict:
+        return self._apply(commands.ReleaseDrone(*args))
 
     @replicated
-    def unblock(self, keys: list | None, now: float) -> dict:
-        return self._apply("unblock", keys, now)
+    def unblock(self, *args: Any) -> dict:
+        return self._apply(commands.Unblock(*args))
 
     @replicated
-    def finalize(self, release_id: str, now: float, force: bool) -> dict:
-        return self._apply("finalize", release_id, now, force)
+    def finalize(self, *args: Any) -> dict:
+        return self._apply(commands.Finalize(*args))
 
     @replicated
-    def reset(self) -> dict:
-        return self._apply("reset")
+    def reset(self, *args: Any) -> dict:
+        return self._apply(commands.Reset(*args))
 
     @replicated
-    def rollback(self, target: str, release_id: str, now: float) -> dict:
-        return self._apply("rollback", target, release_id, now)
+    def rollback(self, *args: Any) -> dict:
+        return self._apply(commands.Rollback(*args))
 
     @replicated
-    def hold(self, sha256: str, node: str) -> dict:
-        return self._apply("hold", sha256, node)
+    def hold(self, *args: Any) -> dict:
+        return self._apply(commands.Hold(*args))
 
     @replicated
-    def unhold(self, sha256: str, node: str) -> dict:
-        return self._apply("unhold", sha256, node)
+    def unhold(self, *args: Any) -> dict:
+        return self._apply(commands.Unhold(*args))
 
     @replicated
-    def lose(self, key: str, sha256: str, reason: str, now: float) -> dict:
-        return self._apply("lose", key, sha256, reason, now)
+    def lose(self, *args: Any) -> dict:
+        return self._apply(commands.Lose(*args))
 
     @replicated
     def update(self, commands: list) -> list:
@@ -163,10 +167,11 @@ class QueueState(SyncObjConsumer):
             return [self._apply_listed(name, args) for name, args in commands]
 
     def _apply_listed(self, name: str, args: list) -> Any:
-        if name not in COMMANDS:
+        cmd = commands.decode(name, args)
+        if cmd is None:
             log.error("ignored unknown command %r in a batch", name)
             return {"ok": False, "code": "unknown_command"}
-        return self._apply(name, *args)
+        return self._apply(cmd)
 
 
 def _entry_term(raft: Any) -> int | None:
@@ -177,13 +182,6 @@ def _entry_term(raft: Any) -> int | None:
         return int(raft._SyncObj__getEntries(index, 1)[0][2])
     except (AttributeError, IndexError, TypeError, ValueError):
         return None
-
-
-#: The queue commands a batch (`update`) may carry.
-COMMANDS = frozenset(
-    name for name, fn in vars(QueueState).items()
-    if getattr(fn, "replicated", False) and getattr(fn, "origName", None) == name and name != "update"
-)
 
 
 def raft_conf(config: NodeConfig, on_state: Callable[[int, int], None] | None = None) -> SyncObjConf:
@@ -241,30 +239,30 @@ class Election:
         self._raft.destroy()
 
     # --- committing --------------------------------------------------------------------
-    def commit(self, command: str, *args: Any, done: Done | None = None) -> None:
-        """Replicate `command(*args)`; `done(result, error)` runs on the Raft thread."""
-        self.commit_many([(command, args, done)])
+    def commit(self, cmd: Command, done: Done | None = None) -> None:
+        """Replicate `cmd`; `done(result, error)` runs on the Raft thread."""
+        self.commit_many([(cmd, done)])
 
-    def commit_many(self, commands: Sequence[tuple[str, tuple, Done | None]],
+    def commit_many(self, batch: Sequence[tuple[Command, Done | None]],
                     landed: Callable[[], None] | None = None) -> None:
         """Replicate several commands as one log entry (see `QueueState.update`); each `done`
         gets its own command's result, or the entry's error; then `landed()` runs."""
 
         def callback(results: Any, err: int) -> None:
             error = None if err == FAIL_REASON.SUCCESS else _FAIL_TEXT.get(err, f"failed ({err})")
-            if len(commands) == 1:
+            if len(batch) == 1:
                 results = [results]
-            for i, (_command, _args, done) in enumerate(commands):
+            for i, (_cmd, done) in enumerate(batch):
                 if done is not None:
                     done(results[i] if error is None else None, error)
             if landed is not None:
                 landed()
 
-        if len(commands) == 1:
-            command, args, _done = commands[0]
-            getattr(self.state, command)(*args, callback=callback)
+        if len(batch) == 1:
+            cmd = batch[0][0]
+            getattr(self.state, cmd.NAME)(*cmd.args(), callback=callback)
             return
-        self.state.update([(command, list(args)) for command, args, _done in commands], callback=callback)
+        self.state.update([commands.encode(cmd) for cmd, _done in batch], callback=callback)
 
     # --- reading -----------------------------------------------------------------------
     def fingerprint(self) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from swarmmesh import gpkg
+from swarmmesh import commands, gpkg
 from swarmmesh.artifacts import received_result
 from swarmmesh.component import Component, Node
 from swarmmesh.config import NodeConfig
@@ -193,4 +193,4 @@ class Incoming(Component):
             else:
                 log.warning("incoming %s for %s not accepted: %s", name, key, err or res.get("code"))
 
-        self.node.commit("complete", key, drone, self.node.term, result, self.node.wall(), then=then)
+        self.node.commit(commands.Complete(key, drone, self.node.term, result, self.node.wall()), then=then)

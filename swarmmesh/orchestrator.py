@@ -23,10 +23,11 @@ from typing import Any, TypeVar
 
 import zmq
 
-from swarmmesh import keys, protocol, transport
+from swarmmesh import commands, keys, protocol, transport
 from swarmmesh.artifacts import Receiver
 from swarmmesh.binhost import Binhost
 from swarmmesh.broker import Broker
+from swarmmesh.commands import Command
 from swarmmesh.component import Component, Then
 from swarmmesh.config import NodeConfig
 from swarmmesh.control import Control
@@ -68,7 +69,7 @@ class Orchestrator:
         self._leading_term: int | None = None
         self._claimed_term: int | None = None
         self._next_event = 0.0
-        self._outgoing: Outbox[tuple[str, tuple, Callable[[Any, str | None], None]]] = Outbox()
+        self._outgoing: Outbox[tuple[Command, Callable[[Any, str | None], None]]] = Outbox()
         # The wiring diagram. Each part gets this node (the `Node` interface), its settings,
         # the node's storage if it keeps or serves files, and the functions of other parts it
         # calls; nothing else reaches it.
@@ -109,8 +110,8 @@ class Orchestrator:
                 self.broker.drop(info.name, f"its key {info.short} was revoked")
 
     # --- the Node interface (component.py): what the parts may ask -----------------------
-    def commit(self, command: str, *args: Any, then: Then | None = None, lazy: bool = False) -> None:
-        """Replicate a command; `then(result, error)` runs later on this loop's thread.
+    def commit(self, cmd: Command, then: Then | None = None, lazy: bool = False) -> None:
+        """Replicate `cmd` (commands.py); `then(result, error)` runs later on this loop's thread.
 
         Commands leave together, as one log entry, when groupcommit.py says so: under load one
         entry carries many commands, when idle a command leaves at the end of the loop pass.
@@ -120,7 +121,7 @@ class Orchestrator:
             if then is not None:
                 self.inbox.post(lambda: then(result, err))
 
-        self._outgoing.add((command, args, done), self._now, lazy=lazy)
+        self._outgoing.add((cmd, done), self._now, lazy=lazy)
 
     def _flush(self, now: float) -> None:
         for batch in self._outgoing.take(now):
@@ -253,7 +254,7 @@ class Orchestrator:
             self._set_leading(term)
         elif self._claimed_term != term:
             self._claimed_term = term
-            self.commit("note_leader", term, self.name, then=self._on_claim)
+            self.commit(commands.NoteLeader(term, self.name), then=self._on_claim)
 
     def _on_claim(self, result: Any, err: str | None) -> None:
         if err is not None:

@@ -48,6 +48,8 @@ from dataclasses import dataclass, field, replace
 from itertools import islice
 from typing import Any
 
+from swarmmesh.commands import Command
+
 log = logging.getLogger(__name__)
 
 NEEDED = "needed"
@@ -162,6 +164,13 @@ class BuildQueue:
 
     # ----------------------------------------------------------------- commands
 
+    def apply(self, cmd: Command) -> dict:
+        """Apply a replicated command (commands.py): the method of its name, with its fields as
+        the arguments (each command's fields are named and ordered as that method's
+        parameters: test_queue checks it)."""
+        result: dict = getattr(self, cmd.NAME)(*cmd.args())
+        return result
+
     def submit(
         self,
         batch_id: str,
@@ -249,7 +258,7 @@ class BuildQueue:
         self._prune()
         return _ok(state=RECEIVED)
 
-    def fail(  # noqa: PLR0917 -- the replicated interface is positional, fixed by election.py
+    def fail(  # noqa: PLR0917 -- positional on the wire: commands.Fail
         self, key: str, drone: str, term: int, error: str, now: float, max_attempts: int, ground_after: int
     ) -> dict:
         """Count a failed build: retry while attempts remain, and ground a drone that keeps failing."""

@@ -27,6 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from swarmmesh import commands
 from swarmmesh.component import Component, Node
 from swarmmesh.config import NodeConfig
 from swarmmesh.errors import ArtifactError, InputError
@@ -314,7 +315,8 @@ class Releases(Component):
             return
         self._refused.add(f["sha256"])
         log.error("%s: refused by the release check (%s); building it again", f.get("key"), why)
-        self.node.commit("lose", f.get("key"), f["sha256"], f"signature check failed: {why}", self.node.wall())
+        reason = f"signature check failed: {why}"
+        self.node.commit(commands.Lose(f.get("key") or "", f["sha256"], reason, self.node.wall()))
 
     def _publish_failed(self, release_id: str) -> None:
         """Wait a while, and then check every file again (one may have been dropped meanwhile)."""
@@ -371,4 +373,4 @@ class Releases(Component):
             else:
                 log.warning("auto_finalize of %s failed: %s", release_id, err or result)
 
-        self.node.commit("finalize", release_id, self.node.wall(), True, then=then)
+        self.node.commit(commands.Finalize(release_id, self.node.wall(), True), then=then)

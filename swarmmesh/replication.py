@@ -41,7 +41,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from swarmmesh import peerauth
+from swarmmesh import commands, peerauth
 from swarmmesh.component import Component, Node
 from swarmmesh.config import NodeConfig
 from swarmmesh.errors import FetchError
@@ -126,14 +126,14 @@ class Replicator(Component):
         """Files dropped as corrupt (here, or by the releases when one could not be indexed):
         the log must stop listing us, and they are fetched again."""
         for sha256 in self.storage.take_dropped():
-            self._commit("unhold", sha256)
+            self._commit(commands.Unhold(sha256, self.me))
             self._refetch.add(sha256)
             self._dirty.add(sha256)
 
     def _forget(self, sha256: str) -> None:
         """The file is gone from our store: stop indexing it and tell the log we lack it."""
         self.storage.forget(sha256)
-        self._commit("unhold", sha256)
+        self._commit(commands.Unhold(sha256, self.me))
 
     # --- component protocol --------------------------------------------------------------
     def on_leadership(self, term: int | None) -> None:
@@ -204,7 +204,7 @@ class Replicator(Component):
             if self.me in info["holders"]:
                 self.pending.pop(sha, None)  # stored and listed: done
             else:
-                self._commit("hold", sha)  # stays pending until the log lists us
+                self._commit(commands.Hold(sha, self.me))  # stays pending until the log lists us
         elif sha not in self._fetching:
             self._want(sha, info, now)
 
@@ -252,7 +252,7 @@ class Replicator(Component):
 
     def _want(self, sha: str, info: dict, now: float) -> None:
         if self.me in info["holders"]:
-            self._commit("unhold", sha)  # the log says we hold it, but we do not
+            self._commit(commands.Unhold(sha, self.me))  # the log says we hold it, but we do not
         sources = self._sources(sha, info["holders"])
         if not sources or sha in self._failing:
             why = "its holders did not serve it" if sources else "no other orchestrator holds it"
@@ -325,7 +325,7 @@ class Replicator(Component):
         self.storage.hold(sha)
         log.log(logging.DEBUG if quiet else logging.INFO, "fetched %s (%s, %s bytes) from %s", sha[:12],
                 info.get("key") or "release file", info.get("size"), source)
-        self._commit("hold", sha)
+        self._commit(commands.Hold(sha, self.me))
         if sha in self._refetch:
             self._refetch.discard(sha)
             self._relink(sha)
@@ -340,12 +340,12 @@ class Replicator(Component):
         log.warning("%s: %s", info["key"], reason)
         self._failing.pop(sha, None)
         self._retry.pop(sha, None)
-        self._commit("lose", info["key"], sha, reason, self.node.wall())
+        self._commit(commands.Lose(info["key"], sha, reason, self.node.wall()))
         return True
 
-    def _commit(self, command: str, sha_or_key: str, *more: Any) -> None:
-        args = (sha_or_key, *more) if command == "lose" else (sha_or_key, self.me)
-        mark = (command, sha_or_key)
+    def _commit(self, cmd: commands.Hold | commands.Unhold | commands.Lose) -> None:
+        """At most one of each kind in flight per file: the loop asks again every pass."""
+        mark = (cmd.NAME, cmd.sha256)
         if mark in self._committing:
             return
         self._committing.add(mark)
@@ -353,9 +353,9 @@ class Replicator(Component):
         def then(result: Any, err: str | None) -> None:
             self._committing.discard(mark)
             if err is not None:
-                log.debug("%s %s not committed: %s", command, sha_or_key[:12], err)
+                log.debug("%s %s not committed: %s", cmd.NAME, cmd.sha256[:12], err)
 
-        self.node.commit(command, *args, then=then, lazy=command != "lose")  # (un)hold: no one waits for it
+        self.node.commit(cmd, then=then, lazy=not isinstance(cmd, commands.Lose))  # (un)hold: no one waits for it
 
     # --- scrubbing (its own thread) ----------------------------------------------------------
     def _scrub(self) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from swarmmesh import gentoo, gpkg, gpkg_writer, pkgindex, protocol, releases, staging
+from swarmmesh import commands, gentoo, gpkg, gpkg_writer, pkgindex, protocol, releases, staging
 from swarmmesh.binhost import Binhost
 from swarmmesh.component import Node, Then
 from swarmmesh.config import GatewayConfig, NodeConfig, OrchestratorAddr, QueuePolicy, RaftTuning
@@ -117,11 +117,11 @@ class FakeNode:
     def indexes(self) -> tuple[int, int]:
         return 1, 1
 
-    def commit(self, command: str, *args: Any, then: Then | None = None, lazy: bool = False) -> None:
+    def commit(self, cmd: commands.Command, then: Then | None = None, lazy: bool = False) -> None:
         if self.deferred:
-            self.pending.append((command, args, then))
+            self.pending.append((cmd.NAME, cmd.args(), then))
             return
-        result = self._apply(command, args)
+        result = self._apply(cmd.NAME, cmd.args())
         if then is not None:
             self.post(lambda: then(result, None))
 
@@ -173,8 +173,10 @@ class FakeNode:
 
     def _apply(self, command: str, args: tuple) -> Any:
         self.commits.append((command, *args))
+        cmd = commands.decode(command, args)  # as a node applies a log entry
+        assert cmd is not None, f"{command!r} is no replicated command"
         with self.lock:
-            return getattr(self.queue, command)(*args)
+            return self.queue.apply(cmd)
 
 
 def _is_a_node(fake: FakeNode) -> Node:

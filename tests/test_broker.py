@@ -15,6 +15,7 @@ import pytest
 from swarmmesh import broker as broker_mod
 from swarmmesh import protocol
 from swarmmesh.broker import Broker
+from swarmmesh.commands import Complete
 from swarmmesh.config import GatewayConfig, NodeConfig, OrchestratorAddr, QueuePolicy, RaftTuning
 from swarmmesh.protocol import Ack, Busy, Bye, Cancel, Heartbeat, Hello, Job, JobFailed, NotLeader, Stored, Welcome
 from swarmmesh.queue import DELEGATED, FAILED, NEEDED, RECEIVED
@@ -91,7 +92,7 @@ def state(node: FakeNode, key: str) -> tuple[str, str | None]:
 
 def complete(broker: Broker, node: FakeNode, key: str, drone: str) -> None:
     """What the receiver does for a valid upload: commit, then settle the slot."""
-    node.commit("complete", key, drone, TERM, RESULT, 0.0)
+    node.commit(Complete(key, drone, TERM, RESULT, 0.0))
     node.flush()
     broker.settle(drone, key)
     node.flush()
