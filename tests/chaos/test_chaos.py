@@ -46,14 +46,21 @@ def commit_seed() -> tuple[int, str]:
     return (seed + 1 if seed == CI_SEED else seed), f"commit {head[:12]}"
 
 
-def run_and_judge(seed: int, minutes: float, packages: int, tmp_path: Path, capsys) -> None:
+#: Faults that need a drone caught in one phase of a job; a short run of an arbitrary seed can
+#: drain its workload before one of them comes due, so there it may be skipped (reported, not
+#: failed). The fixed CI seed is known to reach them all and must inject every kind.
+OPPORTUNISTIC = frozenset({p.KILL_DRONE_BUILD, p.KILL_DRONE_UPLOAD})
+
+
+def run_and_judge(seed: int, minutes: float, packages: int, tmp_path: Path, capsys,
+                  may_skip: frozenset[str] = frozenset()) -> None:
     report = run_chaos(seed, minutes, tmp_path, packages=packages, settle_timeout=CI_SETTLE)
     with capsys.disabled():
         print("\n" + report.text(with_logs=False))
     replay = f"replay: python -m tests.chaos --seed {seed} --minutes {minutes:g} --packages {packages}\n"
     assert report.ok, replay + report.text(with_logs=True)
     expected = set(p.KINDS) - (set() if report.topology.startswith("netns") else {p.PARTITION_LEADER})
-    missing = expected - set(report.injected())
+    missing = expected - set(report.injected()) - may_skip
     assert not missing, f"faults planned but never injected: {sorted(missing)}\n{replay}" + report.text(with_logs=False)
     assert report.figures()["processed"] >= packages * 0.9, replay
 
@@ -67,4 +74,4 @@ def test_a_seed_from_the_commit_hash(tmp_path, capsys):
     with capsys.disabled():  # printed first, so a run that hangs still names its seed
         print(f"\nsecond chaos seed {seed} (from {source}); replay: python -m tests.chaos --seed {seed} "
               f"--minutes {COMMIT_MINUTES:g} --packages {COMMIT_PACKAGES}")
-    run_and_judge(seed, COMMIT_MINUTES, COMMIT_PACKAGES, tmp_path, capsys)
+    run_and_judge(seed, COMMIT_MINUTES, COMMIT_PACKAGES, tmp_path, capsys, may_skip=OPPORTUNISTIC)
