@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import swarmmesh
-from swarmmesh.config import NodeConfig, load_config, toml_value
+from swarmmesh.config import NodeConfig, load_config
 from swarmmesh.errors import ClusterError, ConfigError
+from swarmmesh.tomltable import toml_value
 
 log = logging.getLogger(__name__)
 

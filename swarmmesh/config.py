@@ -8,18 +8,15 @@ and every message names the file and the key, says what is wrong and how to fix 
 
 from __future__ import annotations
 
-import difflib
-import json
 import logging
 import os
-import re
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from swarmmesh.errors import ConfigError
+from swarmmesh.tomltable import MISSING, NAME_RE, Table, describe
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +27,6 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MIN_SECRET_LENGTH = 16
 #: Secrets containing this marker are the placeholders of conf/*.toml: warn, never trust them.
 PLACEHOLDER_MARKER = "change-me"
-#: Node names become file names (logs, pid files, data dirs), so they stay in a safe alphabet.
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 _SECTIONS = ("node", "cluster", "orchestrators", "gateway", "raft", "queue", "drone", "signing", "keys", "client")
 MIN_TOKEN_LENGTH = 16
 _PORT_KEYS = ("raft_port", "broker_port", "artifacts_port", "events_port", "binhost_port")
@@ -204,171 +199,10 @@ class NodeConfig:
         return tuple(addr for addr in self.orchestrators if addr.name != self.name)
 
 
-# --- writing TOML values (for hints here, and for cluster.py's hand-written files) ---------
-
-
-def toml_value(value: Any) -> str:
-    """Spell a Python value as TOML, so hints show the exact text to write and generated
-    files need no TOML-writing dependency."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str | os.PathLike):
-        # JSON escapes are a subset of TOML basic-string escapes; TOML also forbids a raw DEL.
-        return json.dumps(os.fspath(value), ensure_ascii=False).replace("\x7f", "\\u007f")
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(item) for item in value) + "]"
-    if isinstance(value, dict):
-        items = ", ".join(f"{toml_value(str(k))} = {toml_value(v)}" for k, v in value.items())
-        return "{ " + items + " }" if items else "{}"
-    raise ConfigError(f"cannot write {type(value).__name__} {value!r} as TOML; use a string, number or bool")
-
-
-# --- reading and checking one table ------------------------------------------------------
-
-_MISSING: Any = object()
-
-_KINDS: dict[str, Callable[[Any], bool]] = {
-    "a string": lambda v: isinstance(v, str),
-    "an integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "a number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
-    "a boolean": lambda v: isinstance(v, bool),
-    "a table": lambda v: isinstance(v, dict),
-    "an array of tables": lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v),
-    "an array of strings": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
-    "a table of strings": lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
-}
-
-
-_CONTAINERS: dict[type, str] = {list: "an array", dict: "a table"}
-
-
-def _describe(value: Any) -> str:
-    for noun, kind in (("a boolean", bool), ("an integer", int), ("a float", float), ("a string", str)):
-        if isinstance(value, kind):
-            return f"{noun} ({toml_value(value)})"
-    return _CONTAINERS.get(type(value), "a date/time")
-
-
-def _type_fix(key: str, kind: str, value: Any, example: str) -> str:
-    if kind == "an array of tables":
-        return f"write one [[{key}]] table (double brackets) per entry"
-    if isinstance(value, str):
-        try:
-            unquoted = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            unquoted = None
-        if unquoted is not None and _KINDS[kind](unquoted):
-            return f"write {key} = {value} without quotes"
-    return f"write it like {key} = {example}"
-
-
-class _Table:
-    """One TOML table being read. It remembers every key asked for, so whatever is left
-    over at the end — typos, mostly — is reported instead of silently ignored."""
-
-    def __init__(self, source: str, label: str, data: dict[str, Any]):
-        self.source, self.label, self.data = source, label, data
-        self.known: list[str] = []
-
-    def fail(self, key: str, problem: str, fix: str) -> NoReturn:
-        where = f"{self.label} {key}" if self.label else f"[{key}]"
-        raise ConfigError(f"{self.source}: {where}: {problem}; {fix}")
-
-    def get(self, key: str, kind: str, default: Any = _MISSING, example: Any = _MISSING) -> Any:
-        self.known.append(key)
-        shown = toml_value(default if example is _MISSING else example)
-        if key not in self.data:
-            if default is _MISSING:
-                self.missing(key, f"add {key} = {shown} under {self.label}")
-            return default
-        value = self.data[key]
-        if not _KINDS[kind](value):
-            self.fail(key, f"expected {kind}, got {_describe(value)}", _type_fix(key, kind, value, shown))
-        return value
-
-    def missing(self, key: str, fix: str) -> NoReturn:
-        """Report a missing key, pointing at a near-miss spelling if the file has one."""
-        typo = difflib.get_close_matches(key, [k for k in self.data if k not in self.known], n=1)
-        self.fail(key, "is missing" + (f" (is {typo[0]} a misspelling of it?)" if typo else ""), fix)
-
-    def table(self, key: str, required: bool = False) -> _Table:
-        """A sub-table; an absent optional one reads as empty, so its defaults apply."""
-        label = f"[{key}]" if not self.label else f"{self.label[:-1]}.{key}]"
-        if required and key not in self.data:
-            self.missing(key, f"add a {label} section (conf/*.toml has examples)")
-        return _Table(self.source, label, self.get(key, "a table", {}))
-
-    def finish(self) -> None:
-        for key in self.data:
-            if key not in self.known:
-                guess = difflib.get_close_matches(key, self.known, n=1)
-                what = "section" if not self.label else "key"
-                hint = f"did you mean {guess[0]}?" if guess else "remove it or fix its name;"
-                self.fail(key, f"unknown {what}", f"{hint} known {what}s here: {', '.join(self.known)}")
-
-    def string(self, key: str, default: Any = _MISSING, example: Any = _MISSING) -> str:
-        value = self.get(key, "a string", default, example)
-        if key in self.data and not value.strip():
-            self.fail(key, "is empty", f"set {key} to a non-empty string")
-        return value
-
-    def name(self, key: str, example: str) -> str:
-        value = self.string(key, example=example)
-        if not _NAME_RE.match(value):
-            self.fail(key, f"{toml_value(value)} is not a valid node name",
-                      "use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
-        return value
-
-    def host(self, key: str, default: Any = _MISSING, example: Any = _MISSING) -> str:
-        value = self.string(key, default, example)
-        if any(ch.isspace() or ch in "/@" for ch in value):
-            self.fail(key, f"{toml_value(value)} is not a host name or address",
-                      'write a bare host such as "orch-1.lan" or "127.0.0.1"')
-        return value
-
-    def choice(self, key: str, options: tuple[str, ...], default: Any = _MISSING) -> str:
-        value = self.get(key, "a string", default, options[0])
-        if value not in options:
-            guess = (difflib.get_close_matches(value, options, n=1) or [options[0]])[0]
-            self.fail(key, f"{value!r} is not one of {', '.join(options)}",
-                      f"set {key} = {toml_value(guess)}")
-        return value
-
-    def integer(self, key: str, default: Any = _MISSING, lo: int = 1, example: Any = _MISSING) -> int:
-        value = self.get(key, "an integer", default, example)
-        if value < lo:
-            self.fail(key, f"{value} is too small", f"set {key} to an integer >= {lo}")
-        return value
-
-    def port(self, key: str, default: Any = _MISSING, example: Any = _MISSING) -> int:
-        value = self.get(key, "an integer", default, example)
-        if not 1 <= value <= 65535:
-            self.fail(key, f"{value} is out of range 1-65535",
-                      f"set {key} to a free TCP port between 1 and 65535")
-        return value
-
-    def number(self, key: str, default: float, lo: float = 0.0, hi: float | None = None,
-               zero_ok: bool = False) -> float:
-        value = float(self.get(key, "a number", default))
-        low_ok = value >= lo if zero_ok else value > lo
-        if not low_ok or (hi is not None and value > hi):
-            bounds = f"{'>=' if zero_ok else '>'} {lo}" + (f" and <= {hi}" if hi is not None else "")
-            self.fail(key, f"{value} is out of range", f"set {key} to a number {bounds}")
-        return value
-
-    def path(self, key: str, base: Path, default: str) -> Path:
-        """Relative paths count from the config file's directory, not from wherever the node
-        happened to be started."""
-        value = self.string(key, default, "/var/lib/swarmmesh/node")
-        return (base / Path(value).expanduser()).absolute()
-
-
 # --- the sections --------------------------------------------------------------------------
 
 
-def _orchestrator(t: _Table, index: int) -> OrchestratorAddr:
+def _orchestrator(t: Table, index: int) -> OrchestratorAddr:
     name, host = t.name("name", f"orch-{index}"), t.host("host", example=f"orch-{index}.lan")
     ports = {key: t.port(key, example=7100 + n) for n, key in enumerate(_PORT_KEYS)}
     addr = OrchestratorAddr(name=name, host=host, priority=t.integer("priority", 0, lo=0), **ports)
@@ -376,12 +210,12 @@ def _orchestrator(t: _Table, index: int) -> OrchestratorAddr:
     return addr
 
 
-def _orchestrators(root: _Table) -> tuple[OrchestratorAddr, ...]:
+def _orchestrators(root: Table) -> tuple[OrchestratorAddr, ...]:
     entries = root.get("orchestrators", "an array of tables", [])
     if not entries:
         root.fail("orchestrators", "no orchestrators are listed",
                   "add one [[orchestrators]] table per orchestrator (3 or 5 survive a failure)")
-    tables = [_Table(root.source, f"[[orchestrators]] #{i}", e) for i, e in enumerate(entries, 1)]
+    tables = [Table(root.source, f"[[orchestrators]] #{i}", e) for i, e in enumerate(entries, 1)]
     addrs = tuple(_orchestrator(t, i) for i, t in enumerate(tables, 1))
     if len(addrs) % 2 == 0:
         log.warning("%s: %d orchestrators: an even count tolerates no more failures than %d; "
@@ -393,7 +227,7 @@ def _check_unique(source: str, addrs: tuple[OrchestratorAddr, ...], gateway: Gat
     names: dict[str, int] = {}
     used = {(gateway.host, gateway.port): "[gateway] port"}
     for i, addr in enumerate(addrs, 1):
-        t = _Table(source, f"[[orchestrators]] #{i}", {})
+        t = Table(source, f"[[orchestrators]] #{i}", {})
         if addr.name in names:
             t.fail("name", f"{addr.name!r} is also the name of [[orchestrators]] #{names[addr.name]}",
                    "give every orchestrator a unique name")
@@ -406,7 +240,7 @@ def _check_unique(source: str, addrs: tuple[OrchestratorAddr, ...], gateway: Gat
             used[endpoint] = f"{t.label} {key}"
 
 
-def _raft(t: _Table) -> RaftTuning:
+def _raft(t: Table) -> RaftTuning:
     d = RaftTuning()
     raft = RaftTuning(*(t.number(k, getattr(d, k)) for k in (
         "election_min", "election_max", "append_period", "leader_fallback", "connection_retry",
@@ -422,7 +256,7 @@ def _raft(t: _Table) -> RaftTuning:
     return raft
 
 
-def _queue(t: _Table) -> QueuePolicy:
+def _queue(t: Table) -> QueuePolicy:
     queue = QueuePolicy(
         max_attempts=t.integer("max_attempts", 3), lease_seconds=t.number("lease_seconds", 5.0),
         heartbeat_seconds=t.number("heartbeat_seconds", 1.0), ground_after=t.integer("ground_after", 5),
@@ -434,10 +268,10 @@ def _queue(t: _Table) -> QueuePolicy:
     return queue
 
 
-def _gateway(t: _Table) -> GatewayConfig:
+def _gateway(t: Table) -> GatewayConfig:
     tokens = t.table("tokens")
     for name, token in tokens.data.items():
-        if not _NAME_RE.match(name):
+        if not NAME_RE.match(name):
             tokens.fail(name, "is not a valid token name", "name tokens with letters, digits, '.', '_' or '-'")
         _token(tokens, name, token)
     tokens.known.extend(tokens.data)
@@ -450,29 +284,29 @@ def _gateway(t: _Table) -> GatewayConfig:
     return gateway
 
 
-def _token(t: _Table, key: str, value: Any) -> str:
+def _token(t: Table, key: str, value: Any) -> str:
     if not isinstance(value, str):
-        t.fail(key, f"expected a string, got {_describe(value)}", f'write it like {key} = "<token>"')
+        t.fail(key, f"expected a string, got {describe(value)}", f'write it like {key} = "<token>"')
     if len(value) < MIN_TOKEN_LENGTH or any(ch.isspace() for ch in value):
         t.fail(key, f"a token must be at least {MIN_TOKEN_LENGTH} characters without spaces",
                "generate one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
     return value
 
 
-def _keys(t: _Table, base: Path) -> KeysConfig:
+def _keys(t: Table, base: Path) -> KeysConfig:
     keys = KeysConfig(dir=t.path("dir", base, "keys"), authorized=t.path("authorized", base, "authorized_keys"))
     t.finish()
     return keys
 
 
-def _client(t: _Table) -> str | None:
+def _client(t: Table) -> str | None:
     token = _token(t, "token", t.data["token"]) if "token" in t.data else None
     t.known.append("token")
     t.finish()
     return token
 
 
-def _simulated(t: _Table) -> SimulatedBuilder:
+def _simulated(t: Table) -> SimulatedBuilder:
     sim = SimulatedBuilder(
         min_seconds=t.number("min_seconds", 0.2, zero_ok=True), max_seconds=t.number("max_seconds", 1.0),
         failure_rate=t.number("failure_rate", 0.0, hi=1.0, zero_ok=True),
@@ -485,7 +319,7 @@ def _simulated(t: _Table) -> SimulatedBuilder:
     return sim
 
 
-def _emerge(t: _Table) -> EmergeBuilder:
+def _emerge(t: Table) -> EmergeBuilder:
     emerge = EmergeBuilder(
         command_prefix=tuple(t.get("command_prefix", "an array of strings", [], ["/opt/gentoo-prefix/run"])),
         emerge=t.string("emerge", "emerge"), timeout_seconds=t.number("timeout_seconds", 7200.0),
@@ -496,7 +330,7 @@ def _emerge(t: _Table) -> EmergeBuilder:
     return emerge
 
 
-def _drone(t: _Table, base: Path, data_dir: Path) -> DroneConfig:
+def _drone(t: Table, base: Path, data_dir: Path) -> DroneConfig:
     drone = DroneConfig(
         cores=t.integer("cores", _cpu_count()), slots=t.integer("slots", 1),
         builder=t.choice("builder", BUILDERS, "simulated"),
@@ -507,7 +341,7 @@ def _drone(t: _Table, base: Path, data_dir: Path) -> DroneConfig:
     return drone
 
 
-def _signing(t: _Table, base: Path) -> SigningConfig | None:
+def _signing(t: Table, base: Path) -> SigningConfig | None:
     if not t.data:
         return None
     def path(key: str) -> Path | None:
@@ -526,8 +360,8 @@ def _signing(t: _Table, base: Path) -> SigningConfig | None:
     return signing
 
 
-def _secret(t: _Table, role: str) -> str:
-    secret = t.get("secret", "a string", "" if role != "orchestrator" else _MISSING, "<32 random characters>")
+def _secret(t: Table, role: str) -> str:
+    secret = t.get("secret", "a string", "" if role != "orchestrator" else MISSING, "<32 random characters>")
     if (secret or role == "orchestrator") and len(secret) < MIN_SECRET_LENGTH:
         t.fail("secret", f"is {len(secret)} characters long; at least {MIN_SECRET_LENGTH} are needed",
                "generate one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
@@ -537,7 +371,7 @@ def _secret(t: _Table, role: str) -> str:
     return secret
 
 
-def _node(root: _Table, base: Path) -> tuple[_Table, str, str, Path, str]:
+def _node(root: Table, base: Path) -> tuple[Table, str, str, Path, str]:
     node = root.table("node", required=True)
     name, role = node.name("name", "orch-1"), node.choice("role", ROLES)
     data_dir = node.path("data_dir", base, f"data/{name}")
@@ -550,7 +384,7 @@ def _node(root: _Table, base: Path) -> tuple[_Table, str, str, Path, str]:
 
 
 def _check_role(
-    root: _Table, node: _Table, name: str, role: str, addrs: tuple[OrchestratorAddr, ...]
+    root: Table, node: Table, name: str, role: str, addrs: tuple[OrchestratorAddr, ...]
 ) -> None:
     names = [a.name for a in addrs]
     if role == "orchestrator" and name not in names:
@@ -565,7 +399,7 @@ def _check_role(
 
 
 def _build(source: str, file: Path, data: dict[str, Any]) -> NodeConfig:
-    root, base = _Table(source, "", data), file.parent
+    root, base = Table(source, "", data), file.parent
     root.known.extend(_SECTIONS)
     root.finish()  # a misspelled section name explains whatever else looks missing: report it first
     node, name, role, data_dir, log_level = _node(root, base)
@@ -621,7 +455,7 @@ def load_client(path: str | os.PathLike[str]) -> tuple[str | None, str | None]:
     if "node" in data:
         config = _build(source, file, data)
         return config.gateway.url, config.client_token
-    root = _Table(source, "", data)
+    root = Table(source, "", data)
     root.known.append("client")
     root.finish()
     client = root.table("client", required=True)
