@@ -11,10 +11,8 @@ can tell bad input (2) from a refusal (3) from an unavailable cluster (1) withou
 from __future__ import annotations
 
 import functools
-import getpass
 import json
 import logging
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -46,7 +44,6 @@ COORDINATOR_COMMANDS = {
     "unblock": ("[CPV...]", "unblock", "requeue failed packages, release grounded drones"),
 }
 
-COUNT_KEYS = ("needed", "delegated", "received", "failed")
 
 
 def exit_code(exc: errors.SwarmError) -> int:
@@ -54,13 +51,11 @@ def exit_code(exc: errors.SwarmError) -> int:
     return next((code for cls, code in EXIT_CODES if isinstance(exc, cls)), 1)
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 def _report(exc: errors.SwarmError) -> None:
     """Print an expected error as one line; a bad submission first lists every bad line."""
-    message = _one_line(str(exc)) or type(exc).__name__
+    from swarmmesh.views import one_line
+
+    message = one_line(str(exc)) or type(exc).__name__
     if isinstance(exc, errors.BadAtomsError):
         for number, text, why in exc.bad_lines:
             click.echo(f"line {number}: {text!r} ({why})", err=True)
@@ -205,14 +200,6 @@ def client_command(fn: Callable) -> click.Command:
     return cli.command()(command)
 
 
-def _default_client() -> str:
-    try:
-        user = getpass.getuser()
-    except (OSError, KeyError):
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"
-
-
 def _read(file: str) -> bytes:
     if file == "-":
         return sys.stdin.buffer.read()
@@ -236,15 +223,15 @@ def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2))
 
 
+def _echo_lines(lines: Iterable[str]) -> None:
+    for line in lines:
+        click.echo(line)
+
+
 def _echo_result(title: str, result: Any) -> None:
-    """Print a gateway reply whose exact keys this CLI does not need to know."""
-    if not isinstance(result, dict):
-        click.echo(f"{title}: {result}")
-        return
-    click.echo(f"{title}: {result.get('message', 'done')}")
-    for key, value in result.items():
-        if key != "message":
-            click.echo(f"  {key}: {value}")
+    from swarmmesh.views import result_lines
+
+    _echo_lines(result_lines(title, result))
 
 
 @client_command
@@ -257,50 +244,10 @@ def submit(api: Any, file: str, client_name: str | None) -> None:
     if any line is not an atom.
     """
     text = _decode(_read(file), "stdin" if file == "-" else file)
-    reply = api.submit_text(text, client=client_name or _default_client())
+    from swarmmesh.client import default_name
+
+    reply = api.submit_text(text, client=client_name or default_name())
     click.echo(f"queued batch {reply['batch']}: {reply['count']} packages ({reply['new']} new)")
-
-
-def _age(last_seen: Any, now: float) -> str:
-    """Render `last_seen` (an epoch time or an age in seconds) as an age."""
-    if last_seen is None:
-        return "never"
-    if not isinstance(last_seen, int | float):
-        return str(last_seen)
-    age = now - last_seen if last_seen > 1e9 else last_seen
-    return f"{max(age, 0.0):.1f}s ago"
-
-
-def _health(status: dict) -> tuple[bool, str]:
-    """Whether the cluster can serve (a leader and a healthy majority), said in one line."""
-    nodes = status.get("orchestrators") or []
-    healthy = sum(1 for node in nodes if node.get("healthy"))
-    if status.get("leader") is None:
-        return False, f"unhealthy: no leader is known ({healthy} of {len(nodes)} orchestrators healthy)"
-    if healthy * 2 <= len(nodes):
-        return False, (f"unhealthy: only {healthy} of {len(nodes)} orchestrators are healthy; "
-                       f"a majority ({len(nodes) // 2 + 1}) is needed")
-    return True, f"ok: leader {status['leader']} (term {status.get('term')}), {healthy}/{len(nodes)} healthy"
-
-
-def _echo_status(status: dict) -> None:
-    click.echo(f"leader:  {status.get('leader') or '(none)'}  (term {status.get('term')})")
-    click.echo(f"binhost: {status.get('binhost') or '(none)'}")
-    nodes = status.get("orchestrators") or []
-    click.echo(f"orchestrators ({len(nodes)}):")
-    now = time.time()
-    for node in nodes:
-        health = "healthy" if node.get("healthy") else "UNHEALTHY"
-        click.echo(f"  {node.get('name', '?'):<16} {node.get('role') or '?':<10} {health:<10} "
-                   f"last seen {_age(node.get('last_seen'), now)}")
-    click.echo(_counts_line(status.get("counts")))
-
-
-def _counts_line(counts: dict | None) -> str:
-    if counts is None:
-        return "packages: unknown (no leader)"
-    parts = [f"{key} {counts.get(key, 0)}" for key in (*COUNT_KEYS, "total")]
-    return f"packages: {', '.join(parts)}"
 
 
 @client_command
@@ -309,13 +256,15 @@ def _counts_line(counts: dict | None) -> str:
               help="Exit 0 if a leader is known and a majority of orchestrators is healthy, else 1.")
 def status(api: Any, as_json: bool, check: bool) -> None:
     """Show the leader, the orchestrators and the package counts."""
+    from swarmmesh.views import health, status_lines
+
     data = api.status()
     if as_json:
         _echo_json(data)
     elif not check:
-        _echo_status(data)
+        _echo_lines(status_lines(data, time.time()))
     if check:
-        healthy, verdict = _health(data)
+        healthy, verdict = health(data)
         if not (healthy and as_json):  # with --json, stdout stays pure JSON: problems go to stderr
             click.echo(verdict, err=as_json)
         if not healthy:
@@ -359,18 +308,13 @@ def reset(api: Any, yes: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the gateway's answer unchanged.")
 def releases(api: Any, as_json: bool) -> None:
     """List the releases, oldest first; `*` marks the current one."""
+    from swarmmesh.views import release_lines
+
     data = api.releases()
     if as_json:
         _echo_json(data)
-        return
-    rows = data.get("releases") or []
-    if not rows:
-        click.echo("no releases yet (swarmmesh finalize makes one)")
-    for rel in rows:
-        mark = "*" if rel.get("id") == data.get("current") else " "
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(rel.get("created_at") or 0))
-        note = f"  rollback to {rel['source']}" if rel.get("source") else ("  forced" if rel.get("forced") else "")
-        click.echo(f"{mark} {rel.get('id', '?'):<28} {when} UTC  {rel.get('count', 0):>6} packages{note}")
+    else:
+        _echo_lines(release_lines(data))
 
 
 @client_command
@@ -426,46 +370,17 @@ def client_trust(gateway: str | None, key_file: Path | None, gnupg_home: Path | 
         click.echo(f"trusted {fpr} in {home}")
 
 
-def _packages(data: dict) -> Iterable[tuple[str, dict]]:
-    """The queue's packages as (key, entry), whether the gateway sent a list or a mapping."""
-    packages = data.get("packages") or []
-    if isinstance(packages, dict):
-        return packages.items()
-    return ((str(p.get("cpv") or p.get("key") or "?"), p) for p in packages)
-
-
 @client_command
 @click.option("--json", "as_json", is_flag=True, help="Print the gateway's queue JSON unchanged.")
 def swarm(api: Any, as_json: bool) -> None:
     """Show the build queue: counts, then one line per package."""
+    from swarmmesh.views import swarm_lines
+
     data = api.swarm()
     if as_json:
         _echo_json(data)
-        return
-    click.echo(_counts_line(data.get("counts")))
-    for key, entry in _packages(data):
-        error = _one_line(str(entry.get("error") or "-"))
-        click.echo(f"  {entry.get('state', '?'):<10} {key:<40} drone {entry.get('drone') or '-':<16} "
-                   f"attempts {entry.get('attempts', 0)}  error {error}")
-
-
-def _client_plan(targets: tuple[str, ...], from_file: str | None) -> tuple[Any, list[str]]:
-    """What to build: saved emerge output (--from-file), else Portage's resolver on TARGETS."""
-    if from_file is not None:
-        if targets:
-            raise errors.InputError("give either TARGETS or --from-file, not both")
-        from swarmmesh.pretend import parse_plan
-        from swarmmesh.resolver import local_env
-
-        plan = parse_plan(_decode(_read(from_file), "stdin" if from_file == "-" else from_file))
-        plan.env = local_env()
-        return plan, ["@world"]
-    if not targets:
-        raise errors.InputError("name what to build: `swarmmesh client world`, atoms, or --from-file FILE")
-    from swarmmesh.resolver import WORLD, resolve
-
-    wanted = [WORLD if t in ("world", WORLD) else t for t in targets]
-    return resolve(wanted), wanted
+    else:
+        _echo_lines(swarm_lines(data))
 
 
 @client_command
@@ -490,17 +405,20 @@ def client(  # noqa: PLR0917 -- click hands every option over as an argument
     """
     from swarmmesh import client as run
 
-    plan, wanted = _client_plan(targets, from_file)
+    text = None if from_file is None else _decode(_read(from_file), "stdin" if from_file == "-" else from_file)
+    plan, wanted = run.plan(targets, text)
     for kind, count in sorted(plan.skipped.items()):
         click.echo(f"not built: {count} [{kind}] line(s)", err=True)
-    reply = run.submit(api, plan, client_name or _default_client())
+    reply = run.submit(api, plan, client_name or run.default_name())
     batch = reply["batch"]
     click.echo(f"queued batch {batch}: {reply['count']} packages ({reply['new']} new)")
     if no_wait:
         return
     done = run.watch(api, batch, lambda p: click.echo(p.line()), timeout=timeout)
+    from swarmmesh.views import one_line
+
     for key, error in done.failed:
-        click.echo(f"failed: {key}: {_one_line(error)}", err=True)
+        click.echo(f"failed: {key}: {one_line(error)}", err=True)
     if do_finalize:
         click.echo(f"released {run.finalize(api, timeout=timeout if timeout is not None else 600.0)}")
     entry = run.binrepos_entry(api.binhost())
@@ -642,17 +560,7 @@ def demo(keep: Path | None) -> None:
 
     logs.configure(_log_level("warning"))
     report = run_demo(click.echo, keep=keep)
-    click.echo("")
-    click.echo(f"{'check':<60} result")
-    for what, ok, detail in report.checks:
-        click.echo(f"{what:<60} {'ok' if ok else 'FAILED'}  {detail}")
-    click.echo("")
-    rows = [("packages submitted", report.packages), ("counts", report.counts),
-            ("leader killed", f"{report.killed} -> {report.new_leader} in {report.failover_seconds:.2f}s"),
-            ("release", report.release), ("binhost", report.binhost),
-            ("total time", f"{report.total_seconds:.1f}s")]
-    for name, value in rows:
-        click.echo(f"{name:<20} {value}")
+    _echo_lines(report.lines())
     if not report.ok:
         raise click.exceptions.Exit(1)
 

@@ -14,8 +14,10 @@ own batch from it, so the view is the same one operators see.
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -76,6 +78,15 @@ class Outcome:
     binrepos: str
     emerge: list[str]
     notes: list[str] = field(default_factory=list)
+
+
+def default_name() -> str:
+    """Who owns a batch when `--client` is not given: user@host, as the old swarm named them."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
 
 
 def submit(api: Any, plan: Plan, client: str) -> dict:
@@ -139,6 +150,26 @@ def finalize(api: Any, *, timeout: float, poll: float = POLL_SECONDS,
             if clock() > deadline:
                 raise
             sleep(poll)
+
+
+def plan(targets: tuple[str, ...], saved: str | None) -> tuple[Plan, list[str]]:
+    """What to build, and the targets the client's emerge is then told: saved emerge output
+    (`--from-file`, already read), else Portage's resolver on TARGETS (`world` is @world)."""
+    if saved is not None:
+        if targets:
+            raise InputError("give either TARGETS or --from-file, not both")
+        from swarmmesh.pretend import parse_plan
+        from swarmmesh.resolver import local_env
+
+        parsed = parse_plan(saved)
+        parsed.env = local_env()
+        return parsed, ["@world"]
+    if not targets:
+        raise InputError("name what to build: `swarmmesh client world`, atoms, or --from-file FILE")
+    from swarmmesh.resolver import WORLD, resolve
+
+    wanted = [WORLD if t in ("world", WORLD) else t for t in targets]
+    return resolve(wanted), wanted
 
 
 def binrepos_entry(binhost: str, name: str = "swarmmesh") -> str:

@@ -43,6 +43,16 @@ class DemoReport:
     def ok(self) -> bool:
         return bool(self.checks) and all(ok for _, ok, _ in self.checks)
 
+    def lines(self) -> list[str]:
+        """The table `swarmmesh demo` ends with: each check, then the figures."""
+        rows = [("packages submitted", self.packages), ("counts", self.counts),
+                ("leader killed", f"{self.killed} -> {self.new_leader} in {self.failover_seconds:.2f}s"),
+                ("release", self.release), ("binhost", self.binhost),
+                ("total time", f"{self.total_seconds:.1f}s")]
+        return ["", f"{'check':<60} result",
+                *(f"{what:<60} {'ok' if ok else 'FAILED'}  {detail}" for what, ok, detail in self.checks),
+                "", *(f"{name:<20} {value}" for name, value in rows)]
+
 
 def sample_packages() -> str:
     return resources.files("swarmmesh").joinpath("data/sample-world.txt").read_text()
