@@ -46,6 +46,7 @@ from watchdog.observers import Observer
 
 from swarmmesh import transport
 from swarmmesh.errors import ConfigError
+from swarmmesh.tomltable import NAME_RE
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,6 @@ _CHANGES = frozenset({EVENT_TYPE_CREATED, EVENT_TYPE_DELETED, EVENT_TYPE_MOVED, 
                       EVENT_TYPE_CLOSED, EVENT_TYPE_EVENTS_LOST})
 _KEY_RE = re.compile(rb'^\s*(public-key|secret-key)\s*=\s*"([0-9A-Za-z.\-:+=^!/*?&<>()\[\]{}@%$#]{40})"\s*$')
 _META_RE = re.compile(r'^\s+([a-z][a-z0-9_-]*)\s*=\s*"?([A-Za-z0-9._-]*)"?\s*$')
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class KeyInfo:
 # --- files ----------------------------------------------------------------------------------
 
 def check_name(name: str) -> str:
-    if not _NAME_RE.match(name):
+    if not NAME_RE.match(name):
         raise ConfigError(f"{name!r} is not a valid key name; use 1-63 letters, digits, '.', '_' or '-' "
                           "(the node's name), starting with a letter or digit")
     return name
@@ -146,7 +146,7 @@ def read_cert(path: Path) -> tuple[KeyInfo, str | None]:
     if b"public-key" not in found or role not in ROLES:
         raise ConfigError(f"{path} is not a swarmmesh key file (no public-key line, or role {role!r} is not "
                           f"one of {', '.join(ROLES)}); make one with `swarmmesh keygen NAME --dir DIR`")
-    if not _NAME_RE.match(name):
+    if not NAME_RE.match(name):
         raise ConfigError(f"{path} names the node {name!r}, which is not a valid node name")
     return KeyInfo(name, role, found[b"public-key"]), found.get(b"secret-key")
 

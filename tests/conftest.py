@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
+import zmq
 
 from swarmmesh import harness
 
@@ -16,6 +19,29 @@ T = TypeVar("T")
 #: Set to 1 by .ci/run where real Portage can run (../shared/gentoo-prefix, as root): there a
 #: test marked `portage` that skips fails instead, so CI cannot go green without Portage's word.
 REQUIRE_PORTAGE = "SWARMMESH_REQUIRE_PORTAGE"
+#: The real-Portage tooling (../shared/gentoo-prefix) and where pip put emerge (next to python).
+PREFIX_TOOL = Path(__file__).resolve().parents[2] / "shared" / "gentoo-prefix" / "gentoo-prefix"
+VENV_BIN = Path(sys.executable).parent
+
+
+def prefix_ready() -> str | None:
+    """Why a test that runs real Portage in a prefix cannot run here, or None if it can."""
+    if os.geteuid() != 0:
+        return "gentoo-prefix runs as root"
+    if not PREFIX_TOOL.exists() or not (VENV_BIN / "emerge").exists():
+        return "gentoo-prefix or the venv's emerge is missing"
+    missing = [tool for tool in ("bash", "zstd", "bzip2") if shutil.which(tool) is None]
+    return f"missing {missing}" if missing else None
+
+
+@pytest.fixture
+def ctx():
+    """A ZeroMQ context per test."""
+    context = zmq.Context()
+    yield context
+    # destroy, not term: a socket a failed test left open must not hang the run in zmq_ctx_term
+    # (blocked in C, where pytest-timeout's signal cannot interrupt it)
+    context.destroy(linger=0)
 
 
 def wait_until(predicate: Callable[[], T], timeout: float, interval: float = 0.02, what: str = "") -> T:

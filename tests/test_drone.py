@@ -117,13 +117,6 @@ class StandIn:
             sock.close(0)
 
 
-@pytest.fixture
-def ctx():
-    context = zmq.Context()
-    yield context
-    # destroy, not term: a socket a failed test left open must not hang the run in zmq_ctx_term
-    # (blocked in C, where pytest-timeout's signal cannot interrupt it)
-    context.destroy(linger=0)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -17,11 +16,8 @@ from portage.getbinpkg import PackageIndex
 from swarmmesh import gentoo, gpkg, pkgindex
 from swarmmesh.errors import ArtifactError, InputError
 from swarmmesh.gpkg_writer import write_gpkg
+from tests.conftest import PREFIX_TOOL, VENV_BIN, prefix_ready
 from tests.fakes import FakeNode, logged, store_gpkg
-
-SHARED = Path(__file__).parents[2] / "shared"
-PREFIX_TOOL = SHARED / "gentoo-prefix" / "gentoo-prefix"
-VENV_BIN = Path(__file__).parents[1] / ".venv" / "bin"
 
 
 def entry_for(node: FakeNode, info: gpkg.GpkgInfo) -> dict:
@@ -102,18 +98,11 @@ def test_index_entry_rejects_broken_dependencies(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------- Portage as referee
 
 
-def _prefix_ready() -> str | None:
-    if os.geteuid() != 0:
-        return "gentoo-prefix runs as root"
-    if not PREFIX_TOOL.exists() or not (VENV_BIN / "emerge").exists():
-        return "gentoo-prefix or the venv's emerge is missing"
-    missing = [tool for tool in ("bash", "zstd", "bzip2") if shutil.which(tool) is None]
-    return f"missing {missing}" if missing else None
 
 
 @pytest.mark.portage
 @pytest.mark.slow
-@pytest.mark.skipif(_prefix_ready() is not None, reason=str(_prefix_ready()))
+@pytest.mark.skipif(prefix_ready() is not None, reason=str(prefix_ready()))
 def test_real_portage_build_and_binhost_index_agree(tmp_path: Path) -> None:
     """A real `emerge --buildpkg` GPKG passes inspect_gpkg, and our entries (for it and for a
     simulated package) agree with the Packages file `emaint binhost --fix` writes."""

@@ -7,25 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-PREFIX_TOOL = Path(__file__).resolve().parents[2] / "shared" / "gentoo-prefix" / "gentoo-prefix"
-VENV_BIN = Path(sys.executable).parent
-
-
-def _prefix_ready() -> str | None:
-    if os.geteuid() != 0:
-        return "gentoo-prefix runs as root"
-    if not PREFIX_TOOL.exists() or not (VENV_BIN / "emerge").exists():
-        return "gentoo-prefix or the venv's emerge is missing"
-    missing = [tool for tool in ("bash", "zstd", "bzip2") if shutil.which(tool) is None]
-    return f"missing {missing}" if missing else None
-
+from tests.conftest import PREFIX_TOOL, VENV_BIN, prefix_ready
 
 _SCRIPT = """
 import json, sys
@@ -44,7 +32,7 @@ def _resolve(prefix: Path, *targets: str) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_prefix_ready() is not None, reason=str(_prefix_ready()))
+@pytest.mark.skipif(prefix_ready() is not None, reason=str(prefix_ready()))
 def test_world_resolved_with_use_edges_and_environment(tmp_path: Path) -> None:
     prefix = tmp_path / "client"
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PORTAGE_BIN": str(VENV_BIN)}
@@ -78,7 +66,7 @@ def test_world_resolved_with_use_edges_and_environment(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_prefix_ready() is not None, reason=str(_prefix_ready()))
+@pytest.mark.skipif(prefix_ready() is not None, reason=str(prefix_ready()))
 def test_an_unresolvable_atom_is_a_resolve_error(tmp_path: Path) -> None:
     prefix = tmp_path / "client"
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PORTAGE_BIN": str(VENV_BIN)}

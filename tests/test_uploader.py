@@ -17,13 +17,6 @@ from tests.conftest import free_port
 
 
 @pytest.fixture
-def ctx():
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
-
-@pytest.fixture
 def pull(ctx):
     sock = transport.pull(ctx, f"tcp://127.0.0.1:{free_port()}")
     yield sock
