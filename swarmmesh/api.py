@@ -48,6 +48,17 @@ def _check_url(url: str) -> str:
     return url.rstrip("/")
 
 
+def binhost_release(binhost_url: str, timeout: float = 5.0) -> dict | None:
+    """What one orchestrator's binhost serves right now (its GET /release: `serving`, `newest`),
+    or None if it cannot say. Asked of the binhost itself, because the gateway learns it only
+    at its next probe."""
+    try:
+        answer = GatewayClient(binhost_url, timeout=timeout)._call("GET", "/release")
+    except SwarmError:
+        return None
+    return answer if isinstance(answer, dict) else None
+
+
 class GatewayClient:
     """One method per gateway endpoint; each returns the decoded JSON answer or raises."""
 

@@ -419,9 +419,12 @@ def client(  # noqa: PLR0917 -- click hands every option over as an argument
 
     for key, error in done.failed:
         click.echo(f"failed: {key}: {one_line(error)}", err=True)
+    url = api.binhost()
     if do_finalize:
-        click.echo(f"released {run.finalize(api, timeout=timeout if timeout is not None else 600.0)}")
-    entry = run.binrepos_entry(api.binhost())
+        release = run.finalize(api, timeout=timeout if timeout is not None else 600.0)
+        click.echo(f"released {release}")
+        url = run.served_at(api, release, timeout=timeout if timeout is not None else 600.0)
+    entry = run.binrepos_entry(url)
     if write_binrepos is not None:
         run.write_binrepos(write_binrepos, entry)
         click.echo(f"wrote {write_binrepos}")

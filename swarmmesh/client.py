@@ -152,6 +152,30 @@ def finalize(api: Any, *, timeout: float, poll: float = POLL_SECONDS,
             sleep(poll)
 
 
+def served_at(api: Any, release_id: str, *, timeout: float, poll: float = POLL_SECONDS,
+              ask: Callable[[str], dict | None] | None = None,
+              clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> str:
+    """The binhost URL for binrepos.conf, once that binhost serves `release_id` (or a newer one).
+
+    A committed finalize is not yet a served release: each orchestrator swaps `current` only
+    after it holds and has verified every file, so an emerge started at once could read the
+    previous index, or none. Waiting here is what lets the client say "then run emerge"."""
+    from swarmmesh.api import binhost_release
+
+    ask = ask or binhost_release
+    deadline = clock() + timeout
+    while True:
+        url = api.binhost()
+        seen = ask(url) or {}
+        if seen.get("serving") == release_id or (seen.get("newest") not in (None, release_id)
+                                                 and seen.get("serving") == seen.get("newest")):
+            return url
+        if clock() > deadline:
+            raise ClusterError(f"release {release_id} is not served by {url} after {timeout:g} s (it serves "
+                               f"{seen.get('serving')}); check `swarmmesh status` and the orchestrators' logs")
+        sleep(poll)
+
+
 def plan(targets: tuple[str, ...], saved: str | None) -> tuple[Plan, list[str]]:
     """What to build, and the targets the client's emerge is then told: saved emerge output
     (`--from-file`, already read), else Portage's resolver on TARGETS (`world` is @world)."""

@@ -108,6 +108,33 @@ def test_finalize_waits_while_other_work_is_pending_then_gives_up() -> None:
         client.finalize(Gateway([], refusals=99), timeout=3, clock=clock, sleep=clock.sleep)
 
 
+class Binhosts:
+    """The gateway's /binhost choice, and what each binhost's /release says, over time."""
+
+    def __init__(self, answers: list[dict | None]) -> None:
+        self.answers, self.asked = answers, []
+
+    def binhost(self) -> str:
+        return "http://127.0.0.1:1/"
+
+    def release(self, url: str) -> dict | None:
+        self.asked.append(url)
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+
+def test_served_at_waits_until_the_binhost_serves_the_release_or_a_newer_one() -> None:
+    clock = Clock()
+    hosts = Binhosts([None, {"serving": None, "newest": "r-1"}, {"serving": "r-1", "newest": "r-1"}])
+    assert client.served_at(hosts, "r-1", timeout=10, ask=hosts.release, clock=clock, sleep=clock.sleep) \
+        == "http://127.0.0.1:1/"
+    assert len(hosts.asked) == 3
+    newer = Binhosts([{"serving": "r-2", "newest": "r-2"}])
+    assert client.served_at(newer, "r-1", timeout=10, ask=newer.release, clock=clock, sleep=clock.sleep)
+    stale = Binhosts([{"serving": "r-0", "newest": "r-1"}])
+    with pytest.raises(ClusterError, match="release r-1 is not served by http://127.0.0.1:1/ after 3 s"):
+        client.served_at(stale, "r-1", timeout=3, ask=stale.release, clock=clock, sleep=clock.sleep)
+
+
 def test_submit_sends_use_deps_and_env_and_refuses_an_empty_plan() -> None:
     api = Gateway([])
     plan = Plan([Wanted("a/x-1", "g", ("b",)), Wanted("a/y-1", "g", (), ("=a/x-1::g",))],
