@@ -23,11 +23,10 @@ even after ``reset``; its ``stamp`` (the Packages TIMESTAMP) strictly increases,
 clients ignore an index that is not newer than the one they cached. ``rollback`` therefore
 republishes an older release's files as a new release instead of moving a pointer back.
 
-Change feed: each change to a file's record (received, held, unheld, lost, released) appends
-its sha256 to a bounded feed whose position is ``files_version``; the components that keep a
-node's store and indexes in step follow it (``changed_files``) instead of rescanning 20k
-packages every tick. The feed is local bookkeeping, left out of snapshots and fingerprints: a
-restored or reset queue answers "rescan everything".
+Change feed: each change to a file's record appends its sha256 to a bounded feed whose position
+is ``files_version``; the components that keep a node's store and indexes in step follow it
+(``changed_files``) instead of rescanning 20k packages every tick. The holders, the index by
+sha256 and the feed are the file registry (filereg.py, which says what is replicated of it).
 
 Dependencies: a package's edges are fixed when it first enters the queue; only edges to keys
 already queued (or in the same batch) count. Edges to earlier-submitted packages always count;
@@ -49,6 +48,7 @@ from itertools import islice
 from typing import Any
 
 from swarmmesh.commands import Command
+from swarmmesh.filereg import FileRegistry
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +100,6 @@ class Release:
 
 
 FILE_FIELDS = ("sha256", "size", "md5", "sha1", "path", "build_id")
-FEED_LIMIT = 1 << 16  # changes a reader may lag behind before it must rescan everything
-_LOCAL = ("_feed", "_feed_base", "_by_sha", "_newest_files", "_fresh_meta")  # not pickled, rebuilt on restore
-FRESH_META_LIMIT = 4096  # metadata of the newest received files, kept for the nodes to index them
 
 
 def _ok(code: str = "ok", **extra: Any) -> dict:
@@ -118,38 +115,37 @@ class BuildQueue:
 
     def __init__(self) -> None:
         self._releases: dict[str, Release] = {}
-        self._holders: dict[str, list[str]] = {}  # sha256 -> orchestrators that store the file
-        self.files_version = 0  # position of the change feed: moves whenever a file's record changes
+        self.files = FileRegistry()  # holders, the index by sha256, the change feed
         self._terms: dict[int, str] = {}
         self._max_term = 0
         self.violations: list[str] = []
         self._clear()
         self._derive()
 
-    def __getstate__(self) -> dict:
-        return {k: v for k, v in vars(self).items() if k not in _LOCAL}
-
     def __setstate__(self, state: dict) -> None:
-        """A restored queue (snapshot, full dump) rebuilds its indexes; its feed starts empty, so
-        a reader that was behind it rescans (equal positions mean equal files: both are
-        counted the same way along the one committed history)."""
+        """A restored queue (snapshot, full dump) rebuilds its indexes (filereg.py says why its
+        feed starts empty). Snapshots written before the file registry was a part of its own
+        hold its fields as the queue's: `_holders` and `files_version`."""
+        if "files" not in state:
+            state["files"] = FileRegistry(state.pop("_holders"), state.pop("files_version"))
         vars(self).update(state)
         self._derive()
 
+    @property
+    def files_version(self) -> int:
+        """Position of the change feed: moves whenever a file's record changes."""
+        return self.files.version
+
     def _derive(self) -> None:
-        self._feed: list[str] = []  # sha256 per change; _feed[i] is change number _feed_base + i + 1
-        self._feed_base = self.files_version
-        self._by_sha: dict[str, list[str]] = {}  # sha256 -> keys of received packages with that file
+        self.files.restart()
         for pkg in self._packages.values():
             if pkg.state == RECEIVED:
                 self._index_file(pkg)
         newest = next(reversed(self._releases.values()), None) if self._releases else None
-        self._newest_files = _files_by_sha(newest)
-        self._fresh_meta: dict[str, dict] = {}
+        self.files.newest_files = _files_by_sha(newest)
 
     def _clear(self) -> None:
         self._packages: dict[str, Package] = {}  # insertion order == seq order
-        self._by_sha = {}
         self._batches: dict[str, Batch] = {}
         self._batch_counts: dict[str, dict[str, int]] = {}  # batch id -> state -> packages
         self._seq = 0
@@ -246,12 +242,12 @@ class BuildQueue:
             return _no("stale", drone=pkg.drone)
         self._leave_delegation(pkg)
         pkg.drone, pkg.result, pkg.error = drone, {k: v for k, v in result.items() if k != "metadata"}, None
-        self._keep_fresh_meta(pkg.result.get("sha256"), result.get("metadata"))
+        self.files.keep_fresh_meta(pkg.result.get("sha256"), result.get("metadata"))
         self._set_state(pkg, RECEIVED)
         self._forget_unmet(pkg)
-        self._register_holders(pkg.result)
+        self.files.register(pkg.result)
         if (sha := self._index_file(pkg)) is not None:
-            self._changed(sha)
+            self.files.changed(sha)
         self._streak.pop(drone, None)
         self._revive_dependants(key)
         self._release_dependants(key)
@@ -339,23 +335,18 @@ class BuildQueue:
 
     def hold(self, sha256: str, node: str) -> dict:
         """`node` stores the file; only files that some package or release refers to are tracked."""
-        holders = self._holders.get(sha256)
-        if holders is None:
+        held = self.files.hold(sha256, node)
+        if held is None:
             return _no("unknown")
-        if node in holders:
-            return _ok("duplicate", holders=list(holders), duplicate=True)
-        holders.append(node)
-        self._changed(sha256)
-        return _ok(holders=list(holders))
+        code, holders = held
+        return _ok(code, holders=holders, duplicate=True) if code == "duplicate" else _ok(holders=holders)
 
     def unhold(self, sha256: str, node: str) -> dict:
         """`node` lost the file (deleted or corrupt): peers must not fetch it from there."""
-        holders = self._holders.get(sha256)
-        if holders is None or node not in holders:
+        holders = self.files.unhold(sha256, node)
+        if holders is None:
             return _ok("duplicate", duplicate=True)
-        holders.remove(node)
-        self._changed(sha256)
-        return _ok(holders=list(holders))
+        return _ok(holders=holders)
 
     def lose(self, key: str, sha256: str, reason: str, now: float) -> dict:
         """A received package whose file no live orchestrator holds is built again.
@@ -377,8 +368,7 @@ class BuildQueue:
     def reset(self) -> dict:
         """Forget the queue but keep releases (they are on disk) and terms (fencing must hold)."""
         self._clear()
-        self.files_version += 1  # a jump the feed does not cover: every reader rescans
-        self._feed, self._feed_base = [], self.files_version
+        self.files.jump()
         return _ok()
 
     def note_leader(self, term: int, leader: str) -> dict:
@@ -454,13 +444,13 @@ class BuildQueue:
         return [self._release_view(r) for r in self._releases.values()]
 
     def holders(self, sha256: str) -> list[str]:
-        return list(self._holders.get(sha256, ()))
+        return self.files.holders_of(sha256)
 
     def artifacts(self) -> dict[str, dict]:
         """Every file each orchestrator should store, by sha256: the received packages' (with
         their key) and the newest release's; each with its size and current holders.
 
-        Computed from the packages themselves, not from the `_by_sha` index that `artifact`
+        Computed from the packages themselves, not from the registry's index by sha256 that `artifact`
         uses: garbage collection and full rescans rely on it, so it must not inherit a bug of
         the incremental bookkeeping (tests compare the two)."""
         wanted: dict[str, dict] = {}
@@ -477,28 +467,26 @@ class BuildQueue:
 
     def artifact(self, sha256: str) -> dict | None:
         """What `artifacts()` says of one file (None: no node needs to store it)."""
-        keys = self._by_sha.get(sha256)
+        keys = self.files.keys_of(sha256)
         if keys:
             pkg = max((self._packages[k] for k in keys), key=lambda p: p.seq)  # as artifacts(): the last wins
             return {"key": pkg.key, "size": (pkg.result or {}).get("size"), "holders": self.holders(sha256)}
-        if sha256 in self._newest_files:
-            return {"key": None, "size": self._newest_files[sha256], "holders": self.holders(sha256)}
+        if sha256 in self.files.newest_files:
+            return {"key": None, "size": self.files.newest_files[sha256], "holders": self.holders(sha256)}
         return None
 
     def changed_files(self, since: int) -> tuple[int, list[str] | None]:
         """(position, the files whose record changed after position `since`, each once, in order
         of their first change). None instead of the list: `since` is older than the feed keeps,
         from before a reset or restore, or from another queue; rescan everything."""
-        if not self._feed_base <= since <= self.files_version:
-            return self.files_version, None
-        return self.files_version, list(dict.fromkeys(self._feed[since - self._feed_base:]))
+        return self.files.changed_since(since)
 
     def received(self, sha256: str | None = None) -> list[tuple[int, dict]]:
         """(seq, release file record) of the received packages in seq order, or of those whose file
         is `sha256`: the staging feed lists them, following `changed_files`."""
         if sha256 is None:
             return [(p.seq, _file_of(p)) for p in self._packages.values() if p.state == RECEIVED]
-        return [(p.seq, _file_of(p)) for p in (self._packages[k] for k in self._by_sha.get(sha256, ()))]
+        return [(p.seq, _file_of(p)) for p in (self._packages[k] for k in self.files.keys_of(sha256))]
 
     def newest_release_id(self) -> str | None:
         """Cheap to poll, unlike `newest_release` (which copies every file record)."""
@@ -544,7 +532,7 @@ class BuildQueue:
         """The GPKG metadata the leader's validation read from a newly received file, if still
         kept: a node indexing its copy then need not parse it again (the log also gives the
         file's size and digests). None: parse the file (restarts, old entries)."""
-        return self._fresh_meta.get(sha256)
+        return self.files.fresh_meta(sha256)
 
     def delegated_elsewhere(self, live: Iterable[str]) -> list[str]:
         """Delegated packages held by drones not in `live`, in seq order (for balance)."""
@@ -557,7 +545,7 @@ class BuildQueue:
             "packages": [vars(p) for p in self._packages.values()],
             "batches": [vars(b) for b in self._batches.values()],
             "releases": [vars(r) for r in self._releases.values()],
-            "holders": sorted(self._holders.items()),
+            "holders": sorted(self.files.holders.items()),
             "grounded": sorted(self._grounded),
             "streaks": sorted(self._streak.items()),
             "terms": sorted(self._terms.items()),
@@ -616,54 +604,13 @@ class BuildQueue:
         newest = next(reversed(self._releases.values()), None) if self._releases else None
         rel.stamp = max(int(rel.created_at), newest.stamp + 1 if newest else 0)
         self._releases[rel.id] = rel
-        old, self._newest_files = self._newest_files, _files_by_sha(rel)
-        new = self._newest_files
-        for sha in [*old, *(s for s in new if s not in old)]:
-            if sha not in self._by_sha and (sha in old, old.get(sha)) != (sha in new, new.get(sha)):
-                self._changed(sha)  # wanted (or not) for the release's sake only
-
-    def _changed(self, sha256: str) -> None:
-        """Append to the change feed, trimmed in halves so appending stays O(1) on average."""
-        self._feed.append(sha256)
-        self.files_version += 1
-        if len(self._feed) > 2 * FEED_LIMIT:
-            del self._feed[:FEED_LIMIT]
-            self._feed_base += FEED_LIMIT
-
-    def _keep_fresh_meta(self, sha: Any, meta: Any) -> None:
-        """Outside the replicated state (neither pickled nor fingerprinted): what each node
-        indexes from, once, shortly after the commit."""
-        if not isinstance(sha, str) or not isinstance(meta, dict):
-            return
-        self._fresh_meta[sha] = meta
-        if len(self._fresh_meta) > FRESH_META_LIMIT:
-            del self._fresh_meta[next(iter(self._fresh_meta))]
+        self.files.want_release(_files_by_sha(rel))
 
     def _index_file(self, pkg: Package) -> str | None:
-        sha = (pkg.result or {}).get("sha256")
-        if not isinstance(sha, str):
-            return None
-        self._by_sha.setdefault(sha, []).append(pkg.key)
-        return sha
+        return self.files.index(pkg.key, (pkg.result or {}).get("sha256"))
 
     def _unindex_file(self, pkg: Package) -> None:
-        sha = (pkg.result or {}).get("sha256")
-        if not isinstance(sha, str) or sha not in self._by_sha:
-            return
-        keys = self._by_sha[sha]
-        keys.remove(pkg.key)
-        if not keys:
-            del self._by_sha[sha]
-        self._changed(sha)
-
-    def _register_holders(self, result: dict) -> None:
-        sha = result.get("sha256")
-        if not isinstance(sha, str):
-            return
-        holders = self._holders.setdefault(sha, [])
-        for node in result.get("holders") or ():
-            if isinstance(node, str) and node not in holders:
-                holders.append(node)
+        self.files.unindex(pkg.key, (pkg.result or {}).get("sha256"))
 
     def _forget_unmet(self, pkg: Package) -> None:
         """A package received while it still counted unmet dependencies (possible only after a

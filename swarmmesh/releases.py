@@ -31,6 +31,7 @@ from swarmmesh import commands
 from swarmmesh.component import Component, Node
 from swarmmesh.config import NodeConfig
 from swarmmesh.errors import ArtifactError, InputError
+from swarmmesh.filereg import FeedReader
 from swarmmesh.pkgindex import gzip_bytes, index_entry, release_paths, render_packages
 from swarmmesh.signer import PackageSigner, ReleaseCheck
 from swarmmesh.staging import Feed, ReceivedView, Stager
@@ -174,8 +175,8 @@ class Releases(Component):
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"release-{node.name}")
         self._job: Future | None = None
         self._failed: dict[str, float] = {}  # release id -> when to try again
-        self._next = self._next_auto = self._resync = 0.0
-        self._seen = -1  # position in the log's change feed; -1: read every received file
+        self._next = self._next_auto = 0.0
+        self._reader = FeedReader(every=RESYNC)  # position in the log's change feed
         self._newest: Release | None = None
         self._absent: set[str] = set()  # files of the newest release not seen stored here yet
         self._next_stage = self._stage_cost = 0.0
@@ -217,8 +218,7 @@ class Releases(Component):
 
     def _follow(self, now: float) -> None:
         """Catch up with the log: what changed since the last look (or everything, now and then)."""
-        if now >= self._resync:
-            self._seen, self._resync = -1, now + RESYNC
+        self._reader.tick(now)
         seen, changed, found, newest = self.node.read(self._changes)
         if newest != (self._newest.id if self._newest else None):
             self._set_newest()
@@ -227,11 +227,11 @@ class Releases(Component):
         else:
             for sha, items in found.items():
                 self._view.update(sha, items)
-        self._seen = seen
+        self._reader.seen = seen
 
     def _changes(self, q: Any) -> tuple[int, list[str] | None, Any, str | None]:
         """Under the queue's lock: the feed's position, and the received files that changed."""
-        seen, changed = q.changed_files(self._seen)
+        seen, changed = self._reader.look(q)
         found = q.received() if changed is None else {sha: q.received(sha) for sha in changed}
         return seen, changed, found, q.newest_release_id()
 

@@ -46,6 +46,7 @@ from swarmmesh.component import Component, Node
 from swarmmesh.config import NodeConfig
 from swarmmesh.errors import FetchError
 from swarmmesh.fetch import BUNDLE_FILES, Source, fetch, fetch_bundle, small
+from swarmmesh.filereg import FeedReader
 from swarmmesh.store import Storage, scan_store
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ class Replicator(Component):
         self._failing: dict[str, float] = {}  # sha -> since when no holder could serve it
         self._committing: set[tuple[str, str]] = set()
         self._refetch: set[str] = set()  # dropped as corrupt: relink releases once fetched again
-        self._seen = -1  # position in the log's change feed; -1: rescan everything
+        self._reader = FeedReader()  # position in the log's change feed
         self.pending: dict[str, dict] = {}  # sha -> its artifact record: files that need action here
         self._dirty: set[str] = set()  # changed here, not (or not yet) in the log: look again
         self._sizes_checked = False
@@ -167,7 +168,7 @@ class Replicator(Component):
         """Bring `pending` up to date from the change feed (and local changes); returns every
         wanted file when it had to rescan them all."""
         dirty, self._dirty = self._dirty, set()
-        self._seen, changed, records = self.node.read(lambda q: self._changes(q, dirty))
+        self._reader.seen, changed, records = self.node.read(lambda q: self._changes(q, dirty))
         if changed is None:
             self.pending = {sha: info for sha, info in records.items() if self._needs(sha, info)}
             for table in (self._retry, self._failing):
@@ -180,7 +181,7 @@ class Replicator(Component):
 
     def _changes(self, q: Any, dirty: set[str]) -> tuple[int, list[str] | None, dict[str, Any]]:
         """Under the queue's lock: the feed's position and the records of what changed."""
-        seen, changed = q.changed_files(self._seen)
+        seen, changed = self._reader.look(q)
         if changed is None:
             return seen, None, q.artifacts()
         return seen, changed, {sha: q.artifact(sha) for sha in (*changed, *dirty)}

@@ -10,7 +10,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from swarmmesh import commands, queue
+from swarmmesh import commands, filereg, queue
 from swarmmesh.queue import DELEGATED, FAILED, NEEDED, RECEIVED, STATES, BuildQueue
 
 RESULT = {"sha256": "ab" * 32, "size": 4096, "path": "cat/pkg-1.0.gpkg.tar"}
@@ -304,7 +304,7 @@ def test_complete_stores_the_result_and_resets_the_error(q):
 
 
 def test_metadata_of_a_result_stays_out_of_the_replicated_state(q, monkeypatch):
-    monkeypatch.setattr(queue, "FRESH_META_LIMIT", 2)
+    monkeypatch.setattr(filereg, "FRESH_META_LIMIT", 2)
     q.submit("b1", "alice", items("a", "b", "c"), None, 0.0)
     plain = pickle.loads(pickle.dumps(q))
     metas = {}
@@ -533,7 +533,7 @@ def test_change_feed_says_rescan_after_reset_restore_or_when_too_old(q, monkeypa
     assert copy.changed_files(now) == (now, [])  # equal positions: nothing changed
     assert copy.artifacts() == q.artifacts() and copy.artifact("sha-b") == q.artifact("sha-b")
     assert q.changed_files(now + 1)[1] is None and q.changed_files(-1)[1] is None
-    monkeypatch.setattr(queue, "FEED_LIMIT", 2)
+    monkeypatch.setattr(filereg, "FEED_LIMIT", 2)
     for _ in range(3):
         q.hold("sha-b", "o2")
         q.unhold("sha-b", "o2")
