@@ -31,7 +31,7 @@ from swarmmesh.artifacts import received_result
 from swarmmesh.component import Component, Node
 from swarmmesh.config import NodeConfig
 from swarmmesh.errors import ArtifactError
-from swarmmesh.queue import DELEGATED, NEEDED, Package
+from swarmmesh.records import DELEGATED, NEEDED, Package
 from swarmmesh.signer import PackageSigner
 from swarmmesh.store import Storage
 

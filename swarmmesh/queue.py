@@ -16,22 +16,11 @@ package belongs to another drone), not_needed, waiting (dependencies not receive
 not_delegated, not_received (lose of a package that was rebuilt meanwhile), refused (finalize
 with work pending), violation (two leaders in one term).
 
-Artifacts: ``complete`` registers the file's holders by sha256; ``hold``/``unhold`` record which
-orchestrator stores which file, and ``lose`` puts a received package whose file nobody holds
-back to needed. A release records its files (not only keys), so it can be built on every node
-even after ``reset``; its ``stamp`` (the Packages TIMESTAMP) strictly increases, because Portage
-clients ignore an index that is not newer than the one they cached. ``rollback`` therefore
-republishes an older release's files as a new release instead of moving a pointer back.
-
-Change feed: each change to a file's record appends its sha256 to a bounded feed whose position
-is ``files_version``; the components that keep a node's store and indexes in step follow it
-(``changed_files``) instead of rescanning 20k packages every tick. The holders, the index by
-sha256 and the feed are the file registry (filereg.py, which says what is replicated of it).
-
-Dependencies: a package's edges are fixed when it first enters the queue; only edges to keys
-already queued (or in the same batch) count. Edges to earlier-submitted packages always count;
-an edge to a later-submitted one is dropped if it would close a cycle (checked in submission
-order), so the dependency graph is acyclic and can never deadlock.
+Its parts, plain data that pickles with it: the dependency graph (depgraph.py: edges, readiness,
+no cycles), the file registry (filereg.py: which orchestrator holds which file, by sha256, and
+the change feed the store keepers follow), the releases (releaselog.py: immutable, stamped), and
+the records they share (records.py). ``lose`` puts a received package whose file nobody holds
+back to needed.
 
 Not thread-safe: the caller serialises commands and queries (one lock or one thread).
 """
@@ -39,68 +28,22 @@ Not thread-safe: the caller serialises commands and queries (one lock or one thr
 from __future__ import annotations
 
 import hashlib
-import heapq
 import json
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from itertools import islice
 from typing import Any
 
+from swarmmesh import records
 from swarmmesh.commands import Command
+from swarmmesh.depgraph import DepGraph
 from swarmmesh.filereg import FileRegistry
+from swarmmesh.records import DELEGATED, FAILED, NEEDED, RECEIVED, STATES, Batch, Package, Release
+from swarmmesh.records import FILE_FIELDS as FILE_FIELDS  # noqa: PLC0414 - still queue's to its users
+from swarmmesh.releaselog import ReleaseLog, files_by_sha
 
 log = logging.getLogger(__name__)
-
-NEEDED = "needed"
-DELEGATED = "delegated"
-RECEIVED = "received"
-FAILED = "failed"
-STATES = (NEEDED, DELEGATED, RECEIVED, FAILED)
-
-
-@dataclass
-class Package:
-    key: str
-    cpv: str
-    repo: str | None
-    seq: int
-    state: str = NEEDED
-    attempts: int = 0
-    drone: str | None = None
-    term: int = 0
-    delegated_at: float | None = None
-    lease_deadline: float | None = None
-    result: dict | None = None
-    error: str | None = None
-    batches: list[str] = field(default_factory=list)
-    deps: list[str] = field(default_factory=list)
-    failed_on: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Batch:
-    id: str
-    client: str
-    keys: list[str]
-    submitted_at: float
-    new: int = 0  # packages this batch added; kept so a resubmission answers the same
-
-
-@dataclass
-class Release:
-    id: str
-    created_at: float
-    keys: list[str]
-    forced: bool
-    files: list[dict] = field(default_factory=list)  # per key: cpv + FILE_FIELDS of its result
-    stamp: int = 0  # the Packages TIMESTAMP, strictly increasing from release to release
-    source: str | None = None  # set by rollback: the release whose files this one republishes
-    batches: list[str] = field(default_factory=list)  # batches complete when it was made
-
-
-FILE_FIELDS = ("sha256", "size", "md5", "sha1", "path", "build_id")
-
 
 def _ok(code: str = "ok", **extra: Any) -> dict:
     return {"ok": True, "code": code, **extra}
@@ -114,7 +57,7 @@ class BuildQueue:
     """The queue plus indexes that keep dispatch and counting cheap at 20k packages."""
 
     def __init__(self) -> None:
-        self._releases: dict[str, Release] = {}
+        self.release_log = ReleaseLog()
         self.files = FileRegistry()  # holders, the index by sha256, the change feed
         self._terms: dict[int, str] = {}
         self._max_term = 0
@@ -126,6 +69,11 @@ class BuildQueue:
         """A restored queue (snapshot, full dump) rebuilds its indexes (filereg.py says why its
         feed starts empty). Snapshots written before the file registry was a part of its own
         hold its fields as the queue's: `_holders` and `files_version`."""
+        if "release_log" not in state:  # written before releases were a part of their own
+            state["release_log"] = ReleaseLog(state.pop("_releases"))
+        if "graph" not in state:  # written before the dependency graph was a part of its own
+            state["graph"] = DepGraph(state["_packages"], state.pop("_unmet"), state.pop("_rdeps"),
+                                      state.pop("_ready"), state.pop("_heaped"))
         if "files" not in state:
             state["files"] = FileRegistry(state.pop("_holders"), state.pop("files_version"))
         vars(self).update(state)
@@ -141,8 +89,7 @@ class BuildQueue:
         for pkg in self._packages.values():
             if pkg.state == RECEIVED:
                 self._index_file(pkg)
-        newest = next(reversed(self._releases.values()), None) if self._releases else None
-        self.files.newest_files = _files_by_sha(newest)
+        self.files.newest_files = files_by_sha(self.release_log.newest())
 
     def _clear(self) -> None:
         self._packages: dict[str, Package] = {}  # insertion order == seq order
@@ -150,10 +97,7 @@ class BuildQueue:
         self._batch_counts: dict[str, dict[str, int]] = {}  # batch id -> state -> packages
         self._seq = 0
         self._counts = dict.fromkeys(STATES, 0)
-        self._ready: list[tuple[int, str]] = []  # heap of (seq, key); stale entries pruned lazily
-        self._heaped: set[str] = set()  # keys with an entry in _ready (membership only)
-        self._unmet: dict[str, int] = {}  # key -> dependencies not yet received (only if > 0)
-        self._rdeps: dict[str, list[str]] = {}  # dependency -> dependants still waiting on it
+        self.graph = DepGraph(self._packages)  # edges still unmet, and the ready heap
         self._by_drone: dict[str, dict[str, None]] = {}  # drone -> delegated keys (ordered set)
         self._streak: dict[str, int] = {}  # drone -> consecutive failures (only if > 0)
         self._grounded: set[str] = set()
@@ -161,27 +105,19 @@ class BuildQueue:
     # ----------------------------------------------------------------- commands
 
     def apply(self, cmd: Command) -> dict:
-        """Apply a replicated command (commands.py): the method of its name, with its fields as
-        the arguments (each command's fields are named and ordered as that method's
-        parameters: test_queue checks it)."""
-        result: dict = getattr(self, cmd.NAME)(*cmd.args())
-        return result
+        """A replicated command (commands.py) is the method of its name, with its fields as the
+        arguments, named and ordered as that method's parameters (test_queue checks it)."""
+        return getattr(self, cmd.NAME)(*cmd.args())
 
-    def submit(
-        self,
-        batch_id: str,
-        client: str,
-        items: list[tuple[str, str, str | None]],
-        deps: dict[str, list[str]] | None,
-        now: float,
-    ) -> dict:
+    def submit(self, batch_id: str, client: str, items: list[tuple[str, str, str | None]],
+               deps: dict[str, list[str]] | None, now: float) -> dict:
         """Queue a batch; a key already queued is listed in the batch but built only once."""
         old = self._batches.get(batch_id)
         if old is not None:
             return _ok("duplicate", batch=batch_id, count=len(old.keys), new=old.new, duplicate=True)
         added = [self._add(key, cpv, repo) for key, cpv, repo in items if key not in self._packages]
         keys = list(dict.fromkeys(key for key, _, _ in items))
-        self._link(added, deps or {})
+        self.graph.link(added, deps or {}, self._fail_on_dependency)
         self._join_batch(batch_id, keys)
         self._batches[batch_id] = Batch(batch_id, client, keys, now, new=len(added))
         return _ok(batch=batch_id, count=len(keys), new=len(added), duplicate=False)
@@ -201,7 +137,7 @@ class BuildQueue:
         pkg.drone, pkg.term, pkg.delegated_at, pkg.lease_deadline = drone, term, now, lease_deadline
         self._set_state(pkg, DELEGATED)
         self._by_drone.setdefault(drone, {})[key] = None
-        self._prune()
+        self.graph.prune()
         return _ok(attempts=pkg.attempts)
 
     def _delegate_refusal(self, pkg: Package, drone: str) -> dict | None:
@@ -209,8 +145,8 @@ class BuildQueue:
             return _no("grounded")
         if pkg.state != NEEDED:
             return _no("not_needed", state=pkg.state)
-        if pkg.key in self._unmet:
-            return _no("waiting", unmet=self._unmet[pkg.key])
+        if self.graph.unmet_of(pkg.key):
+            return _no("waiting", unmet=self.graph.unmet_of(pkg.key))
         return None
 
     def renew(self, drone: str, term: int, lease_deadline: float, keys: list[str] | None = None) -> dict:
@@ -244,14 +180,14 @@ class BuildQueue:
         pkg.drone, pkg.result, pkg.error = drone, {k: v for k, v in result.items() if k != "metadata"}, None
         self.files.keep_fresh_meta(pkg.result.get("sha256"), result.get("metadata"))
         self._set_state(pkg, RECEIVED)
-        self._forget_unmet(pkg)
+        self.graph.forget_unmet(pkg)
         self.files.register(pkg.result)
         if (sha := self._index_file(pkg)) is not None:
             self.files.changed(sha)
         self._streak.pop(drone, None)
         self._revive_dependants(key)
-        self._release_dependants(key)
-        self._prune()
+        self.graph.release_dependants(key)
+        self.graph.prune()
         return _ok(state=RECEIVED)
 
     def fail(  # noqa: PLR0917 -- positional on the wire: commands.Fail
@@ -271,7 +207,7 @@ class BuildQueue:
         if drone not in pkg.failed_on:
             pkg.failed_on.append(drone)
         self._set_state(pkg, FAILED if pkg.attempts >= max_attempts else NEEDED)
-        self._push_if_ready(pkg)
+        self.graph.push_if_ready(pkg)
         if pkg.state == FAILED:
             self._fail_dependants(key)
         grounded = self._strike(drone, ground_after)
@@ -309,7 +245,7 @@ class BuildQueue:
 
     def finalize(self, release_id: str, now: float, force: bool) -> dict:
         """Record an immutable release of every received package; refuse while work is pending."""
-        old = self._releases.get(release_id)
+        old = self.release_log.get(release_id)
         if old is not None:
             return _ok("duplicate", release=release_id, count=len(old.keys), duplicate=True)
         needed, delegated = self._counts[NEEDED], self._counts[DELEGATED]
@@ -317,16 +253,16 @@ class BuildQueue:
             return _no("refused", needed=needed, delegated=delegated)
         received = [p for p in self._packages.values() if p.state == RECEIVED]
         done = [b for b, counts in self._batch_counts.items() if counts[NEEDED] == counts[DELEGATED] == 0]
-        files = [_file_of(p) for p in received]
+        files = [records.file_of(p) for p in received]
         self._add_release(Release(release_id, now, [p.key for p in received], bool(force), files, batches=done))
         return _ok(release=release_id, count=len(received), duplicate=False)
 
     def rollback(self, target: str, release_id: str, now: float) -> dict:
         """Publish `target`'s files again as the new release `release_id` (see the docstring)."""
-        old = self._releases.get(release_id)
+        old = self.release_log.get(release_id)
         if old is not None:
             return _ok("duplicate", release=release_id, source=old.source, count=len(old.keys), duplicate=True)
-        src = self._releases.get(target)
+        src = self.release_log.get(target)
         if src is None:
             return _no("unknown", release=target)
         files = [dict(f) for f in src.files]
@@ -360,9 +296,9 @@ class BuildQueue:
         self._unindex_file(pkg)
         pkg.result, pkg.error, pkg.drone, pkg.attempts = None, reason, None, 0
         self._set_state(pkg, NEEDED)
-        self._count_unmet(pkg)
-        self._block_dependants(key)
-        self._push_if_ready(pkg)
+        self.graph.count_unmet(pkg, self._fail_on_dependency)
+        self.graph.block_dependants(key)
+        self.graph.push_if_ready(pkg)
         return _ok(state=NEEDED)
 
     def reset(self) -> dict:
@@ -403,22 +339,8 @@ class BuildQueue:
         return self._packages.get(key)
 
     def dispatchable(self, limit: int, exclude: Iterable[str] = frozenset()) -> list[str]:
-        """The next ready keys in seq order, walking the heap without mutating it.
-
-        Walks the heap as a tree (a second, small heap holds the frontier), so the cost is
-        O((limit + skipped) log) and a query never reorders replicated state.
-        """
-        heap = self._ready
-        out: list[str] = []
-        frontier = [(heap[0], 0)] if heap and limit > 0 else []
-        while frontier and len(out) < limit:
-            (_, key), i = heapq.heappop(frontier)
-            if key not in exclude and self._is_ready(key):
-                out.append(key)
-            for child in (2 * i + 1, 2 * i + 2):
-                if child < len(heap):
-                    heapq.heappush(frontier, (heap[child], child))
-        return out
+        """The next ready keys in seq order, without changing replicated state."""
+        return self.graph.dispatchable(limit, exclude)
 
     def delegated_to(self, drone: str) -> list[str]:
         return self._by_seq(self._by_drone.get(drone, {}))
@@ -431,17 +353,14 @@ class BuildQueue:
 
     @property
     def releases(self) -> list[Release]:
-        return list(self._releases.values())
+        return list(self.release_log)
 
     def newest_release(self) -> Release | None:
         """The release clients should see (a copy): the last one committed."""
-        if not self._releases:
-            return None
-        rel = next(reversed(self._releases.values()))
-        return replace(rel, keys=list(rel.keys), files=[dict(f) for f in rel.files], batches=list(rel.batches))
+        return self.release_log.newest_copy()
 
     def release_views(self) -> list[dict]:
-        return [self._release_view(r) for r in self._releases.values()]
+        return self.release_log.views()
 
     def holders(self, sha256: str) -> list[str]:
         return self.files.holders_of(sha256)
@@ -459,7 +378,7 @@ class BuildQueue:
             sha = result.get("sha256")
             if isinstance(sha, str):
                 wanted[sha] = {"key": pkg.key, "size": result.get("size"), "holders": self.holders(sha)}
-        newest = next(reversed(self._releases.values()), None) if self._releases else None
+        newest = self.release_log.newest()
         for f in newest.files if newest else ():
             if isinstance(f.get("sha256"), str) and f["sha256"] not in wanted:
                 wanted[f["sha256"]] = {"key": None, "size": f.get("size"), "holders": self.holders(f["sha256"])}
@@ -485,16 +404,16 @@ class BuildQueue:
         """(seq, release file record) of the received packages in seq order, or of those whose file
         is `sha256`: the staging feed lists them, following `changed_files`."""
         if sha256 is None:
-            return [(p.seq, _file_of(p)) for p in self._packages.values() if p.state == RECEIVED]
-        return [(p.seq, _file_of(p)) for p in (self._packages[k] for k in self.files.keys_of(sha256))]
+            return [(p.seq, records.file_of(p)) for p in self._packages.values() if p.state == RECEIVED]
+        return [(p.seq, records.file_of(p)) for p in (self._packages[k] for k in self.files.keys_of(sha256))]
 
     def newest_release_id(self) -> str | None:
         """Cheap to poll, unlike `newest_release` (which copies every file record)."""
-        return next(reversed(self._releases), None) if self._releases else None
+        return self.release_log.newest_id()
 
     def unreleased_batches(self) -> list[str]:
         """Complete batches with received packages that no release covers yet (auto_finalize)."""
-        covered = {b for r in self._releases.values() for b in r.batches}
+        covered = self.release_log.covered_batches()
         return [b for b, c in self._batch_counts.items()
                 if b not in covered and c[NEEDED] == c[DELEGATED] == 0 and c[RECEIVED] > 0]
 
@@ -514,7 +433,7 @@ class BuildQueue:
             "packages": [self._package_view(p) for p in packages],
             "batches": [self._batch_view(b) for b in self._batches.values()],
             "grounded": self.grounded(),
-            "releases": [self._release_view(r) for r in self._releases.values()],
+            "releases": self.release_log.views(),
             "terms": {str(term): leader for term, leader in sorted(self._terms.items())},
             "max_term": self._max_term,
             "violations": list(self.violations),
@@ -544,7 +463,7 @@ class BuildQueue:
         state = {
             "packages": [vars(p) for p in self._packages.values()],
             "batches": [vars(b) for b in self._batches.values()],
-            "releases": [vars(r) for r in self._releases.values()],
+            "releases": [vars(r) for r in self.release_log],
             "holders": sorted(self.files.holders.items()),
             "grounded": sorted(self._grounded),
             "streaks": sorted(self._streak.items()),
@@ -570,103 +489,15 @@ class BuildQueue:
             pkg.batches.append(batch_id)
             counts[pkg.state] += 1
 
-    def _link(self, added: list[Package], deps: dict[str, list[str]]) -> None:
-        """Attach dependency edges of new packages, dropping forward edges that close a cycle."""
-        forward, packages = [], self._packages
-        for pkg in added:
-            for dep in dict.fromkeys(deps.get(pkg.key, ())):
-                target = packages.get(dep)
-                if target is None or target is pkg:
-                    continue
-                if target.seq < pkg.seq:
-                    pkg.deps.append(dep)
-                else:
-                    forward.append((pkg, target))
-        for pkg, target in forward:
-            if not self._reaches(target.key, pkg.key):
-                pkg.deps.append(target.key)
-        for pkg in added:
-            self._count_unmet(pkg)
-            self._push_if_ready(pkg)
-
-    def _reaches(self, start: str, goal: str) -> bool:
-        stack, seen = [start], set()
-        while stack:
-            key = stack.pop()
-            if key == goal:
-                return True
-            if key not in seen:
-                seen.add(key)
-                stack.extend(self._packages[key].deps)
-        return False
-
     def _add_release(self, rel: Release) -> None:
-        newest = next(reversed(self._releases.values()), None) if self._releases else None
-        rel.stamp = max(int(rel.created_at), newest.stamp + 1 if newest else 0)
-        self._releases[rel.id] = rel
-        self.files.want_release(_files_by_sha(rel))
+        self.release_log.add(rel)
+        self.files.want_release(files_by_sha(rel))
 
     def _index_file(self, pkg: Package) -> str | None:
         return self.files.index(pkg.key, (pkg.result or {}).get("sha256"))
 
     def _unindex_file(self, pkg: Package) -> None:
         self.files.unindex(pkg.key, (pkg.result or {}).get("sha256"))
-
-    def _forget_unmet(self, pkg: Package) -> None:
-        """A package received while it still counted unmet dependencies (possible only after a
-        `lose`) stops waiting for them."""
-        if self._unmet.pop(pkg.key, None) is None:
-            return
-        for dep in pkg.deps:
-            waiting = self._rdeps.get(dep)
-            if waiting and pkg.key in waiting:
-                waiting.remove(pkg.key)
-                if not waiting:
-                    del self._rdeps[dep]
-
-    def _block_dependants(self, key: str) -> None:
-        """`key` is no longer received: every dependant not yet received waits for it again."""
-        waiting = [p.key for p in self._packages.values() if key in p.deps and p.state != RECEIVED]
-        for dependant in waiting:
-            self._unmet[dependant] = self._unmet.get(dependant, 0) + 1
-        if waiting:
-            self._rdeps.setdefault(key, []).extend(waiting)
-
-    def _count_unmet(self, pkg: Package) -> None:
-        unmet = [dep for dep in pkg.deps if self._packages[dep].state != RECEIVED]
-        for dep in unmet:
-            self._rdeps.setdefault(dep, []).append(pkg.key)
-        if unmet:
-            self._unmet[pkg.key] = len(unmet)
-        failed = [dep for dep in unmet if self._packages[dep].state == FAILED]
-        if failed and pkg.state == NEEDED:  # submitted after its dependency had already failed
-            pkg.error = _dependency_failed(failed[0])
-            self._set_state(pkg, FAILED)
-            self._fail_dependants(pkg.key)
-
-    def _release_dependants(self, key: str) -> None:
-        for dependant in self._rdeps.pop(key, ()):
-            left = self._unmet[dependant] - 1
-            if left:
-                self._unmet[dependant] = left
-            else:
-                del self._unmet[dependant]
-                self._push_if_ready(self._packages[dependant])
-
-    def _is_ready(self, key: str) -> bool:
-        pkg = self._packages.get(key)
-        return pkg is not None and pkg.state == NEEDED and key not in self._unmet
-
-    def _push_if_ready(self, pkg: Package) -> None:
-        if pkg.key not in self._heaped and self._is_ready(pkg.key):
-            heapq.heappush(self._ready, (pkg.seq, pkg.key))
-            self._heaped.add(pkg.key)
-
-    def _prune(self) -> None:
-        """Drop stale entries from the top of the ready heap so the next walk starts clean."""
-        while self._ready and not self._is_ready(self._ready[0][1]):
-            _, key = heapq.heappop(self._ready)
-            self._heaped.discard(key)
 
     def _set_state(self, pkg: Package, state: str) -> None:
         for counts in (self._counts, *(self._batch_counts[b] for b in pkg.batches)):
@@ -692,7 +523,7 @@ class BuildQueue:
         pkg.attempts = max(0, pkg.attempts - 1)
         pkg.error = reason
         self._set_state(pkg, NEEDED)
-        self._push_if_ready(pkg)
+        self.graph.push_if_ready(pkg)
         return True
 
     def _unblock_one(self, key: str) -> bool:
@@ -701,28 +532,34 @@ class BuildQueue:
             return False
         pkg.attempts, pkg.failed_on = 0, []
         self._set_state(pkg, NEEDED)
-        self._push_if_ready(pkg)
+        self.graph.push_if_ready(pkg)
         self._revive_dependants(key)
         return True
+
+    def _fail_on_dependency(self, pkg: Package, dep: str) -> None:
+        """`pkg` was submitted (or lost its file) after its dependency `dep` had failed."""
+        pkg.error = records.dependency_failed(dep)
+        self._set_state(pkg, FAILED)
+        self._fail_dependants(pkg.key)
 
     def _fail_dependants(self, key: str) -> None:
         """A package that cannot be built takes down what waits for it, with the reason, so
         nothing sits needed forever behind a failure (and finalize can say why)."""
-        for dependant in list(self._rdeps.get(key, ())):
+        for dependant in self.graph.waiting_on(key):
             pkg = self._packages[dependant]
             if pkg.state == NEEDED:
-                pkg.error = _dependency_failed(key)
+                pkg.error = records.dependency_failed(key)
                 self._set_state(pkg, FAILED)
                 self._fail_dependants(dependant)
 
     def _revive_dependants(self, key: str) -> None:
         """Undo `_fail_dependants` when `key` gets another chance (unblocked or built)."""
-        for dependant in list(self._rdeps.get(key, ())):
+        for dependant in self.graph.waiting_on(key):
             pkg = self._packages[dependant]
-            if pkg.state == FAILED and pkg.error == _dependency_failed(key):
+            if pkg.state == FAILED and pkg.error == records.dependency_failed(key):
                 pkg.error = None
                 self._set_state(pkg, NEEDED)
-                self._push_if_ready(pkg)
+                self.graph.push_if_ready(pkg)
                 self._revive_dependants(dependant)
 
     def _strike(self, drone: str, ground_after: int) -> bool:
@@ -751,37 +588,5 @@ class BuildQueue:
         return view
 
     def _batch_view(self, b: Batch) -> dict:
-        counts = dict(self._batch_counts[b.id])
-        return {
-            "id": b.id,
-            "client": b.client,
-            "count": len(b.keys),
-            "submitted_at": b.submitted_at,
-            "counts": counts,
-        }
-
-    @staticmethod
-    def _release_view(r: Release) -> dict:
-        return {"id": r.id, "created_at": r.created_at, "count": len(r.keys), "forced": r.forced,
-                "stamp": r.stamp, "source": r.source}
-
-
-def _dependency_failed(key: str) -> str:
-    return f"dependency {key} failed"
-
-
-def _files_by_sha(rel: Release | None) -> dict[str, Any]:
-    """sha256 -> size of a release's files (the first record of a file wins, as in `artifacts`)."""
-    out: dict[str, Any] = {}
-    for f in rel.files if rel else ():
-        if isinstance(f.get("sha256"), str):
-            out.setdefault(f["sha256"], f.get("size"))
-    return out
-
-
-def _file_of(pkg: Package) -> dict:
-    """What a release needs to know about a received package's file, copied out of its result;
-    `signer` (the key that signed it) only when it was signed, so unsigned logs replay unchanged."""
-    result = pkg.result or {}
-    signer = {"signer": result["signer"]} if result.get("signer") else {}
-    return {"key": pkg.key, "cpv": pkg.cpv, **{name: result.get(name) for name in FILE_FIELDS}, **signer}
+        return {"id": b.id, "client": b.client, "count": len(b.keys), "submitted_at": b.submitted_at,
+                "counts": dict(self._batch_counts[b.id])}

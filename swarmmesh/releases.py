@@ -38,7 +38,7 @@ from swarmmesh.staging import Feed, ReceivedView, Stager
 from swarmmesh.store import Storage, fsync_dir
 
 if TYPE_CHECKING:
-    from swarmmesh.queue import Release
+    from swarmmesh.records import Release
 
 log = logging.getLogger(__name__)
 
